@@ -1,0 +1,308 @@
+/* dtype.c - element type table, float conversions, element load/store. */
+#include "kiln_common.h"
+
+#include <math.h>
+#include <string.h>
+
+static const kiln_dtype_info dtype_table[KILN_DT_COUNT] = {
+    [KILN_DT_INVALID] = {"invalid", 1, 0, 0, 0, 0, 0},
+    [KILN_F32] = {"f32", 1, 4, 1, 0, 1, 0},
+    [KILN_F16] = {"f16", 1, 2, 1, 0, 1, 0},
+    [KILN_BF16] = {"bf16", 1, 2, 1, 0, 1, 0},
+    [KILN_F64] = {"f64", 1, 8, 1, 0, 1, 0},
+    [KILN_F8E4M3] = {"f8e4m3", 1, 1, 1, 0, 1, 0},
+    [KILN_F8E5M2] = {"f8e5m2", 1, 1, 1, 0, 1, 0},
+    [KILN_I8] = {"i8", 1, 1, 0, 1, 1, 0},
+    [KILN_U8] = {"u8", 1, 1, 0, 1, 0, 0},
+    [KILN_I16] = {"i16", 1, 2, 0, 1, 1, 0},
+    [KILN_U16] = {"u16", 1, 2, 0, 1, 0, 0},
+    [KILN_I32] = {"i32", 1, 4, 0, 1, 1, 0},
+    [KILN_U32] = {"u32", 1, 4, 0, 1, 0, 0},
+    [KILN_I64] = {"i64", 1, 8, 0, 1, 1, 0},
+    [KILN_U64] = {"u64", 1, 8, 0, 1, 0, 0},
+    [KILN_BOOL] = {"bool", 1, 1, 0, 0, 0, 0},
+    [KILN_I4] = {"i4", 2, 1, 0, 1, 1, 0},
+    [KILN_U4] = {"u4", 2, 1, 0, 1, 0, 0},
+    [KILN_Q4_0] = {"q4_0", 32, 18, 1, 0, 1, 1},
+    [KILN_Q4_1] = {"q4_1", 32, 20, 1, 0, 1, 1},
+    [KILN_Q8_0] = {"q8_0", 32, 34, 1, 0, 1, 1},
+    [KILN_Q4_K] = {"q4_k", 256, 144, 1, 0, 1, 1},
+    [KILN_Q6_K] = {"q6_k", 256, 210, 1, 0, 1, 1},
+};
+
+const kiln_dtype_info *kiln_dtype_get(kiln_dtype dt)
+{
+    if ((int)dt < 0 || dt >= KILN_DT_COUNT)
+        dt = KILN_DT_INVALID;
+    return &dtype_table[dt];
+}
+
+const char *kiln_dtype_name(kiln_dtype dt) { return kiln_dtype_get(dt)->name; }
+
+kiln_dtype kiln_dtype_from_name(const char *name)
+{
+    for (int i = 1; i < KILN_DT_COUNT; i++)
+        if (strcmp(dtype_table[i].name, name) == 0)
+            return (kiln_dtype)i;
+    return KILN_DT_INVALID;
+}
+
+size_t kiln_dtype_storage(kiln_dtype dt, int64_t n)
+{
+    const kiln_dtype_info *d = kiln_dtype_get(dt);
+    if (n <= 0)
+        return 0;
+    int64_t blocks = (n + d->block_elems - 1) / d->block_elems;
+    return (size_t)blocks * (size_t)d->block_bytes;
+}
+
+/* ---- f16 / bf16 ---- */
+
+static uint32_t f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float u2f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float kiln_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    if (exp == 0x1f)
+        return u2f(sign | 0x7f800000u | (mant << 13));
+    if (exp == 0) {
+        float v = ldexpf((float)mant, -24);
+        return sign ? -v : v;
+    }
+    return u2f(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+uint16_t kiln_f32_to_f16(float f)
+{
+    uint32_t u = f2u(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) /* inf or nan */
+        return sign | 0x7c00 | (a > 0x7f800000u ? 0x200 : 0);
+    if (a >= 0x477ff000u) /* rounds to >= 65520 -> inf */
+        return sign | 0x7c00;
+    if (a < 0x38800000u) { /* subnormal or zero in f16 */
+        float v = u2f(a) * 16777216.0f; /* scale by 2^24: exact */
+        /* nearbyint rounds to even in the default mode */
+        return sign | (uint16_t)nearbyintf(v);
+    }
+    uint32_t mant = a & 0x7fffff, exp = (a >> 23) - 112;
+    uint32_t h = (exp << 10) | (mant >> 13);
+    uint32_t rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+        h++;
+    return sign | (uint16_t)h;
+}
+
+float kiln_bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
+
+uint16_t kiln_f32_to_bf16(float f)
+{
+    uint32_t u = f2u(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+/* ---- 8-bit floats: generic minifloat rounding ---- */
+
+/* Encodes |a| (finite, > 0) as a minifloat with `eb` exponent bits, `mb`
+ * mantissa bits and bias `bias`, round to nearest even. Returns the code
+ * without sign, or -1 when it exceeds `maxv`. */
+static int minifloat_encode(double a, int mb, int bias, double maxv)
+{
+    int ex;
+    frexp(a, &ex); /* a = fr * 2^ex, fr in [0.5, 1) */
+    int e = ex - 1;
+    int emin = 1 - bias;
+    double quantum = ldexp(1.0, (e < emin ? emin : e) - mb);
+    double r = nearbyint(a / quantum) * quantum;
+    if (r > maxv)
+        return -1;
+    if (r == 0)
+        return 0;
+    frexp(r, &ex);
+    e = ex - 1;
+    if (e < emin) /* subnormal */
+        return (int)(r / ldexp(1.0, emin - mb));
+    int mant = (int)(r / ldexp(1.0, e - mb)) - (1 << mb);
+    return ((e + bias) << mb) | mant;
+}
+
+float kiln_f8e4m3_to_f32(uint8_t v)
+{
+    int sign = v & 0x80, exp = (v >> 3) & 0xf, mant = v & 7;
+    float r;
+    if (exp == 0xf && mant == 7)
+        return NAN;
+    if (exp == 0)
+        r = ldexpf((float)mant, -9);
+    else
+        r = ldexpf((float)(8 + mant), exp - 10);
+    return sign ? -r : r;
+}
+
+uint8_t kiln_f32_to_f8e4m3(float f, int saturate)
+{
+    uint8_t sign = (f2u(f) >> 24) & 0x80;
+    if (isnan(f))
+        return 0x7f | sign;
+    if (isinf(f))
+        return saturate ? (uint8_t)(sign | 0x7e) : (uint8_t)(sign | 0x7f);
+    double a = fabs((double)f);
+    if (a == 0)
+        return sign;
+    int c = minifloat_encode(a, 3, 7, 448.0);
+    if (c < 0)
+        return saturate ? (uint8_t)(sign | 0x7e) : (uint8_t)(sign | 0x7f);
+    return (uint8_t)(sign | c);
+}
+
+float kiln_f8e5m2_to_f32(uint8_t v)
+{
+    return kiln_f16_to_f32((uint16_t)((uint16_t)v << 8));
+}
+
+uint8_t kiln_f32_to_f8e5m2(float f, int saturate)
+{
+    uint8_t sign = (f2u(f) >> 24) & 0x80;
+    if (isnan(f))
+        return 0x7f | sign;
+    if (isinf(f))
+        return saturate ? (uint8_t)(sign | 0x7b) : (uint8_t)(sign | 0x7c);
+    double a = fabs((double)f);
+    if (a == 0)
+        return sign;
+    int c = minifloat_encode(a, 2, 15, 57344.0);
+    if (c < 0)
+        return saturate ? (uint8_t)(sign | 0x7b) : (uint8_t)(sign | 0x7c);
+    return (uint8_t)(sign | c);
+}
+
+/* ---- element load / store ---- */
+
+double kiln_load_f64(kiln_dtype dt, const void *data, int64_t i)
+{
+    const uint8_t *p = data;
+    switch (dt) {
+    case KILN_F32: return ((const float *)data)[i];
+    case KILN_F16: return kiln_f16_to_f32(((const uint16_t *)data)[i]);
+    case KILN_BF16: return kiln_bf16_to_f32(((const uint16_t *)data)[i]);
+    case KILN_F64: return ((const double *)data)[i];
+    case KILN_F8E4M3: return kiln_f8e4m3_to_f32(p[i]);
+    case KILN_F8E5M2: return kiln_f8e5m2_to_f32(p[i]);
+    case KILN_BOOL: return p[i] ? 1.0 : 0.0;
+    case KILN_U64: return (double)((const uint64_t *)data)[i];
+    default:
+        if (kiln_dtype_get(dt)->is_int)
+            return (double)kiln_load_i64(dt, data, i);
+        return NAN; /* block formats have no per-element access */
+    }
+}
+
+int64_t kiln_load_i64(kiln_dtype dt, const void *data, int64_t i)
+{
+    const uint8_t *p = data;
+    switch (dt) {
+    case KILN_I8: return ((const int8_t *)data)[i];
+    case KILN_U8: return p[i];
+    case KILN_I16: return ((const int16_t *)data)[i];
+    case KILN_U16: return ((const uint16_t *)data)[i];
+    case KILN_I32: return ((const int32_t *)data)[i];
+    case KILN_U32: return ((const uint32_t *)data)[i];
+    case KILN_I64: return ((const int64_t *)data)[i];
+    case KILN_U64: return (int64_t)((const uint64_t *)data)[i];
+    case KILN_BOOL: return p[i] != 0;
+    case KILN_I4: {
+        int v = (p[i >> 1] >> ((i & 1) * 4)) & 0xf;
+        return v >= 8 ? v - 16 : v;
+    }
+    case KILN_U4: return (p[i >> 1] >> ((i & 1) * 4)) & 0xf;
+    default: {
+        double v = kiln_load_f64(dt, data, i);
+        if (isnan(v))
+            return 0;
+        if (v >= 9.2233720368547758e18)
+            return INT64_MAX;
+        if (v <= -9.2233720368547758e18)
+            return INT64_MIN;
+        return (int64_t)v;
+    }
+    }
+}
+
+/* Clamped double -> integer conversion; out-of-range casts are UB in C. */
+static int64_t clamp_i64(double v, double lo, double hi)
+{
+    if (isnan(v))
+        return 0;
+    if (v < lo)
+        v = lo;
+    if (v > hi)
+        v = hi;
+    return (int64_t)v;
+}
+
+void kiln_store_f64(kiln_dtype dt, void *data, int64_t i, double v)
+{
+    uint8_t *p = data;
+    switch (dt) {
+    case KILN_F32: ((float *)data)[i] = (float)v; return;
+    case KILN_F16: ((uint16_t *)data)[i] = kiln_f32_to_f16((float)v); return;
+    case KILN_BF16: ((uint16_t *)data)[i] = kiln_f32_to_bf16((float)v); return;
+    case KILN_F64: ((double *)data)[i] = v; return;
+    case KILN_F8E4M3: p[i] = kiln_f32_to_f8e4m3((float)v, 1); return;
+    case KILN_F8E5M2: p[i] = kiln_f32_to_f8e5m2((float)v, 1); return;
+    case KILN_BOOL: p[i] = v != 0; return;
+    case KILN_I8: ((int8_t *)data)[i] = (int8_t)clamp_i64(v, -128, 127); return;
+    case KILN_U8: p[i] = (uint8_t)clamp_i64(v, 0, 255); return;
+    case KILN_I16: ((int16_t *)data)[i] = (int16_t)clamp_i64(v, -32768, 32767); return;
+    case KILN_U16: ((uint16_t *)data)[i] = (uint16_t)clamp_i64(v, 0, 65535); return;
+    case KILN_I32: ((int32_t *)data)[i] = (int32_t)clamp_i64(v, -2147483648.0, 2147483647.0); return;
+    case KILN_U32: ((uint32_t *)data)[i] = (uint32_t)clamp_i64(v, 0, 4294967295.0); return;
+    case KILN_I64: ((int64_t *)data)[i] = clamp_i64(v, -9.2233720368547758e18, 9.2233720368547748e18); return;
+    case KILN_U64:
+        ((uint64_t *)data)[i] = (isnan(v) || v < 0) ? 0 : v >= 1.8446744073709552e19 ? UINT64_MAX : (uint64_t)v;
+        return;
+    case KILN_I4: kiln_store_i64(dt, data, i, clamp_i64(v, -8, 7)); return;
+    case KILN_U4: kiln_store_i64(dt, data, i, clamp_i64(v, 0, 15)); return;
+    default: return;
+    }
+}
+
+void kiln_store_i64(kiln_dtype dt, void *data, int64_t i, int64_t v)
+{
+    uint8_t *p = data;
+    switch (dt) {
+    case KILN_I8: ((int8_t *)data)[i] = (int8_t)v; return;
+    case KILN_U8: p[i] = (uint8_t)v; return;
+    case KILN_I16: ((int16_t *)data)[i] = (int16_t)v; return;
+    case KILN_U16: ((uint16_t *)data)[i] = (uint16_t)v; return;
+    case KILN_I32: ((int32_t *)data)[i] = (int32_t)v; return;
+    case KILN_U32: ((uint32_t *)data)[i] = (uint32_t)v; return;
+    case KILN_I64: ((int64_t *)data)[i] = v; return;
+    case KILN_U64: ((uint64_t *)data)[i] = (uint64_t)v; return;
+    case KILN_BOOL: p[i] = v != 0; return;
+    case KILN_I4:
+    case KILN_U4: {
+        int sh = (int)(i & 1) * 4;
+        p[i >> 1] = (uint8_t)((p[i >> 1] & ~(0xf << sh)) | ((v & 0xf) << sh));
+        return;
+    }
+    default: kiln_store_f64(dt, data, i, (double)v); return;
+    }
+}

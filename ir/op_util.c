@@ -1,0 +1,183 @@
+/* op_util.c - shared inference and kernel helpers for the op families. */
+#include "op_util.h"
+
+int kiln_axis(kiln_err *err, int64_t axis, int rank, int *out)
+{
+    int64_t a = axis < 0 ? axis + rank : axis;
+    if (a < 0 || a >= (rank ? rank : 1))
+        return kiln_errf(err, "axis %lld out of range for rank %d", (long long)axis, rank);
+    *out = (int)a;
+    return 0;
+}
+
+kiln_type kiln_type_make(kiln_dtype dt, int rank, const kiln_dim *dims)
+{
+    kiln_type t;
+    memset(&t, 0, sizeof t);
+    t.dtype = dt;
+    t.rank = rank;
+    for (int i = 0; i < rank && i < KILN_MAX_RANK; i++)
+        t.dims[i] = dims ? dims[i] : KILN_DIM_ANY;
+    return t;
+}
+
+int kiln_bcast_type(kiln_infer_ctx *c, const kiln_type *a, const kiln_type *b, kiln_type *out)
+{
+    kiln_type r;
+    memset(&r, 0, sizeof r);
+    r.dtype = a->dtype;
+    if (a->rank < 0 || b->rank < 0) {
+        r.rank = -1;
+        *out = r;
+        return 0;
+    }
+    r.rank = a->rank > b->rank ? a->rank : b->rank;
+    for (int i = 0; i < r.rank; i++) {
+        int ia = i - (r.rank - a->rank), ib = i - (r.rank - b->rank);
+        kiln_dim da = ia >= 0 ? a->dims[ia] : 1, db = ib >= 0 ? b->dims[ib] : 1;
+        kiln_dim d;
+        if (da == db)
+            d = da;
+        else if (da == 1)
+            d = db;
+        else if (db == 1)
+            d = da;
+        else if (da == KILN_DIM_ANY)
+            d = db; /* the other is not 1, so it wins (or the model is wrong) */
+        else if (db == KILN_DIM_ANY)
+            d = da;
+        else if (KILN_DIM_IS_STATIC(da) && KILN_DIM_IS_STATIC(db))
+            return OPERR(c, "cannot broadcast dimension %lld against %lld", (long long)da,
+                         (long long)db);
+        else if (KILN_DIM_IS_STATIC(da))
+            d = db; /* symbolic vs static: the symbolic one must be 1 or equal */
+        else if (KILN_DIM_IS_STATIC(db))
+            d = da;
+        else
+            d = KILN_DIM_ANY; /* two different symbols: only known at run time */
+        r.dims[i] = d;
+    }
+    *out = r;
+    return 0;
+}
+
+int kiln_infer_ints(const kiln_infer_ctx *c, int i, int64_t *vals, int max)
+{
+    if (i >= c->n_inputs)
+        return -1;
+    const kiln_tensor *t = c->in_val[i];
+    if (t) {
+        int64_t n = kiln_tensor_numel(t);
+        if (n > max)
+            return -2;
+        for (int64_t k = 0; k < n; k++)
+            vals[k] = kiln_tensor_get_i64(t, k);
+        return (int)n;
+    }
+    if (c->in_sym[i]) {
+        if (c->in_sym_n[i] > max)
+            return -2;
+        for (int k = 0; k < c->in_sym_n[i]; k++) {
+            if (!KILN_DIM_IS_STATIC(c->in_sym[i][k]))
+                return -1;
+            vals[k] = c->in_sym[i][k];
+        }
+        return c->in_sym_n[i];
+    }
+    return -1;
+}
+
+int kiln_infer_dims(const kiln_infer_ctx *c, int i, kiln_dim *dims, int max)
+{
+    if (i >= c->n_inputs)
+        return -1;
+    const kiln_tensor *t = c->in_val[i];
+    if (t) {
+        int64_t n = kiln_tensor_numel(t);
+        if (n > max)
+            return -2;
+        for (int64_t k = 0; k < n; k++)
+            dims[k] = kiln_tensor_get_i64(t, k);
+        return (int)n;
+    }
+    if (c->in_sym[i]) {
+        if (c->in_sym_n[i] > max)
+            return -2;
+        memcpy(dims, c->in_sym[i], sizeof(kiln_dim) * (size_t)c->in_sym_n[i]);
+        return c->in_sym_n[i];
+    }
+    return -1;
+}
+
+void kiln_infer_set_sym(kiln_infer_ctx *c, int o, const kiln_dim *d, int n)
+{
+    free(c->out_sym[o]);
+    c->out_sym[o] = kiln_xmalloc(sizeof(kiln_dim) * (size_t)(n ? n : 1));
+    if (n)
+        memcpy(c->out_sym[o], d, sizeof(kiln_dim) * (size_t)n);
+    c->out_sym_n[o] = n;
+}
+
+int kiln_infer_scalar_f64(const kiln_infer_ctx *c, int i, double *v)
+{
+    if (i >= c->n_inputs || !c->in_val[i] || kiln_tensor_numel(c->in_val[i]) != 1)
+        return 0;
+    *v = kiln_tensor_get(c->in_val[i], 0);
+    return 1;
+}
+
+void kiln_strides(const int64_t *dims, int rank, int64_t *st)
+{
+    int64_t s = 1;
+    for (int i = rank - 1; i >= 0; i--) {
+        st[i] = s;
+        s *= dims[i];
+    }
+}
+
+void kiln_bcast_strides(const kiln_tensor *in, int out_rank, const int64_t *out_dims, int64_t *st)
+{
+    int64_t own[KILN_MAX_RANK];
+    kiln_strides(in->dims, in->rank, own);
+    for (int i = 0; i < out_rank; i++) {
+        int k = i - (out_rank - in->rank);
+        st[i] = (k < 0 || (in->dims[k] == 1 && out_dims[i] != 1)) ? 0 : own[k];
+    }
+}
+
+int kiln_next_index(int64_t *idx, const int64_t *dims, int rank, int nacc, int64_t *off,
+                    int64_t st[][KILN_MAX_RANK])
+{
+    for (int d = rank - 1; d >= 0; d--) {
+        idx[d]++;
+        for (int a = 0; a < nacc; a++)
+            off[a] += st[a][d];
+        if (idx[d] < dims[d])
+            return 1;
+        for (int a = 0; a < nacc; a++)
+            off[a] -= st[a][d] * idx[d];
+        idx[d] = 0;
+    }
+    return 0;
+}
+
+void kiln_tensor_type(const kiln_tensor *t, kiln_type *ty)
+{
+    memset(ty, 0, sizeof *ty);
+    ty->dtype = t->dtype;
+    ty->rank = t->rank;
+    for (int i = 0; i < t->rank; i++)
+        ty->dims[i] = t->dims[i];
+}
+
+int kiln_dtype_is_float(kiln_dtype dt) { return kiln_dtype_get(dt)->is_float; }
+
+int kiln_dtype_is_intlike(kiln_dtype dt) { return kiln_dtype_get(dt)->is_int || dt == KILN_BOOL; }
+
+int kiln_require_float(kiln_infer_ctx *c, int i)
+{
+    if (!c->in[i] || !kiln_dtype_is_float(c->in[i]->dtype))
+        return OPERR(c, "input %d must be a float type, got %s", i,
+                     c->in[i] ? kiln_dtype_name(c->in[i]->dtype) : "nothing");
+    return 0;
+}

@@ -1,0 +1,5 @@
+"""pytest setup: locate the kiln binary and shared test data."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))

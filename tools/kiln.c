@@ -1,0 +1,66 @@
+/* kiln.c - entry point of the kiln CLI: dispatches to subcommands. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const kiln_cmd commands[] = {
+    {"ir", kiln_cmd_ir, "parse, verify and print a model's IR",
+     "kiln ir MODEL [--no-verify]"},
+    {"eval", kiln_cmd_eval, "run a model with the reference interpreter (.npy in and out)",
+     "kiln eval MODEL --input NAME=FILE.npy ... [--output-dir DIR]"},
+    {"ops", kiln_cmd_ops, "list the op registry (--markdown for the IR reference table)",
+     "kiln ops [--markdown]"},
+};
+
+#define N_COMMANDS (int)(sizeof commands / sizeof *commands)
+
+static void usage(FILE *f)
+{
+    fprintf(f, "kiln %s - ahead-of-time compiler for transformer models\n\nusage: kiln COMMAND ...\n\n",
+            KILN_VERSION);
+    for (int i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nkiln COMMAND --help shows a command's options.\n");
+}
+
+int kiln_cli_usage(const char *cmd)
+{
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, cmd) == 0)
+            fprintf(stderr, "usage: %s\n", commands[i].usage);
+    return KILN_EXIT_INPUT;
+}
+
+int kiln_cli_fail(const char *cmd, const kiln_err *err)
+{
+    fprintf(stderr, "kiln %s: %s\n", cmd, err->msg);
+    return KILN_EXIT_INPUT;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return KILN_EXIT_INPUT;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("kiln %s (abi %d)\n", KILN_VERSION, KILN_ABI_VERSION);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, argv[1]) == 0) {
+            for (int k = 2; k < argc; k++)
+                if (strcmp(argv[k], "--help") == 0 || strcmp(argv[k], "-h") == 0) {
+                    printf("usage: %s\n%s\n", commands[i].usage, commands[i].summary);
+                    return 0;
+                }
+            return commands[i].run(argc - 1, argv + 1);
+        }
+    fprintf(stderr, "kiln: unknown command '%s' (see kiln --help)\n", argv[1]);
+    return KILN_EXIT_INPUT;
+}

@@ -311,6 +311,8 @@ kiln_graph *kiln_parse_string(const char *text, const char *path_for_errors,
 /* Prints the graph in text form (exact round trip with the parser). */
 void kiln_print(const kiln_graph *g, kiln_sb *out);
 int kiln_print_file(const kiln_graph *g, FILE *f);
+/* The graph as JSON (values, nodes with attributes, inputs, outputs) for tools. */
+void kiln_print_json(const kiln_graph *g, kiln_sb *out);
 
 /* ---- verifier ---------------------------------------------------------------------- */
 

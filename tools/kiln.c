@@ -5,8 +5,9 @@
 #include <string.h>
 
 static const kiln_cmd commands[] = {
-    {"ir", kiln_cmd_ir, "parse, verify and print a model's IR",
-     "kiln ir MODEL [--no-verify]"},
+    {"ir", kiln_cmd_ir, "load and verify a model, run passes, print its IR",
+     "kiln ir MODEL [--passes P1,P2,...] [--after PASS] [--verify-each] [--bind SYM=N]... "
+     "[--format text|json] [--no-verify] [-v] | kiln ir --list-passes"},
     {"eval", kiln_cmd_eval, "run a model with the reference interpreter (.npy in and out)",
      "kiln eval MODEL --input NAME=FILE.npy ... [--output-dir DIR]"},
     {"ops", kiln_cmd_ops, "list the op registry (--markdown for the IR reference table)",

@@ -602,6 +602,7 @@ int kiln_graph_add_node(kiln_graph *g, const char *opname, const char *node_name
     kiln_node *n = &g->nodes[ni];
     memset(n, 0, sizeof *n);
     n->op = op;
+    n->kernel = -1;
     n->name = node_name && node_name[0] ? kiln_xstrdup(node_name) : NULL;
     n->n_inputs = n_inputs;
     n->inputs = kiln_xmalloc(sizeof(int) * (size_t)(n_inputs + 1));

@@ -178,6 +178,7 @@ typedef struct kiln_node {
     int n_outputs;
     kiln_attr *attrs;
     int n_attrs;
+    int kernel; /* fused-kernel group assigned by the fusion pass; -1 = none */
 } kiln_node;
 
 typedef struct kiln_wfile {

@@ -644,6 +644,13 @@ static int node_stmt(P *p)
     }
     if (keyword(p, "loc") && string(p, &loc))
         goto out;
+    int64_t kernel = -1;
+    if (keyword(p, "kernel") && int64_tok(p, &kernel))
+        goto out;
+    if (kernel < -1 || kernel > 1000000000) {
+        err(p, "kernel id out of range");
+        goto out;
+    }
 
     kiln_err e2;
     int ni = kiln_graph_add_node(p->g, opname, loc, inputs, nin, (const char *const *)names, nres,
@@ -654,6 +661,7 @@ static int node_stmt(P *p)
     }
     /* declared result types must agree with inference; they may refine it */
     kiln_node *n = &p->g->nodes[ni];
+    n->kernel = (int)kernel;
     for (int k = 0; k < nres; k++) {
         if (!has_decl[k])
             continue;

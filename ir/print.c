@@ -193,6 +193,8 @@ void kiln_print(const kiln_graph *g, kiln_sb *sb)
             kiln_sb_put(sb, " loc ", 5);
             print_string(sb, n->name);
         }
+        if (n->kernel >= 0)
+            kiln_sb_printf(sb, " kernel %d", n->kernel);
         kiln_sb_put(sb, "\n", 1);
     }
     if (g->n_outputs) {

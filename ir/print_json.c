@@ -71,7 +71,7 @@ void kiln_print_json(const kiln_graph *g, kiln_sb *sb)
         const kiln_node *n = &g->nodes[i];
         kiln_sb_printf(sb, "%s\n  {\"id\": %d, \"op\": \"%s\", \"name\": ", i ? "," : "", i, n->op->name);
         jstr(sb, n->name ? n->name : "");
-        kiln_sb_printf(sb, ", \"inputs\": [");
+        kiln_sb_printf(sb, ", \"kernel\": %d, \"inputs\": [", n->kernel);
         for (int k = 0; k < n->n_inputs; k++)
             kiln_sb_printf(sb, "%s%d", k ? ", " : "", n->inputs[k]);
         kiln_sb_printf(sb, "], \"outputs\": [");

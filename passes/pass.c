@@ -287,6 +287,7 @@ int kiln_rw_copy_node(kiln_rewriter *rw, int ni, kiln_err *err)
                                  n->n_outputs, n->attrs, n->n_attrs, err);
     if (nn < 0)
         return -1;
+    rw->dst->nodes[nn].kernel = n->kernel;
     const kiln_node *m = &rw->dst->nodes[nn];
     for (int k = 0; k < n->n_outputs; k++) {
         rw->map[n->outputs[k]] = m->outputs[k];

@@ -52,6 +52,54 @@ int kiln_random_run(kiln_graph *g, const kiln_pass_opts *o, uint64_t seed, kiln_
 /* Largest |a-b| / (1 + |b|) over the elements; -1 if shapes/dtypes differ. */
 double kiln_tensor_maxdiff(const kiln_tensor *a, const kiln_tensor *b);
 
+/* ---- memory planning ---- */
+
+typedef enum kiln_buf_kind {
+    KILN_BUF_NONE,   /* not materialized (lives inside a fused kernel) */
+    KILN_BUF_INPUT,  /* caller's input buffer (io slot) */
+    KILN_BUF_OUTPUT, /* caller's output buffer (io slot) */
+    KILN_BUF_WEIGHT, /* in the weights blob */
+    KILN_BUF_CONST,  /* emitted into the artifact as read-only data */
+    KILN_BUF_ARENA,  /* offset in the per-step arena */
+    KILN_BUF_ALIAS,  /* same bytes as another value (reshape-like views, in-place) */
+} kiln_buf_kind;
+
+typedef struct kiln_buf {
+    kiln_buf_kind kind;
+    int64_t offset; /* ARENA: byte offset; WEIGHT: offset in the weights data */
+    int64_t bytes;  /* size at the planning bounds */
+    int io;         /* INPUT/OUTPUT: index among the graph's inputs/outputs */
+    int alias;      /* ALIAS: value id whose storage this shares */
+    int first, last; /* lifetime in node indices */
+} kiln_buf;
+
+#define KILN_MAX_SYMS_PLAN 16
+
+typedef struct kiln_plan {
+    int n_values;
+    kiln_buf *bufs;         /* per value id */
+    int64_t arena_bytes;    /* peak arena (after packing) */
+    int64_t naive_bytes;    /* every arena value in its own buffer */
+    int64_t lower_bound;    /* max bytes live at any node */
+    int64_t weights_bytes;  /* size of the weights data */
+    int n_syms;             /* symbolic variables, in descriptor order */
+    int sym_id[KILN_MAX_SYMS_PLAN]; /* graph symbol id of each */
+    int64_t sym_max[KILN_MAX_SYMS_PLAN];
+} kiln_plan;
+
+/* Bounds for symbols come from o->bind_* (names), else 1. Outputs of
+ * Reshape-like ops alias their input; elementwise ops may write over an
+ * input that dies there; other arena values are packed best-fit by size and
+ * lifetime. */
+int kiln_plan_memory(kiln_graph *g, const kiln_pass_opts *o, kiln_plan *p, kiln_err *err);
+void kiln_plan_free(kiln_plan *p);
+/* Value of dim d at the planning bounds (-1 if unknown). */
+int64_t kiln_plan_dim(const kiln_graph *g, const kiln_plan *p, kiln_dim d);
+/* Storage bytes of value vid at the planning bounds (-1 if unknown). */
+int64_t kiln_plan_value_bytes(const kiln_graph *g, const kiln_plan *p, int vid);
+/* Resolves ALIAS chains to the value that owns the storage. */
+int kiln_plan_root(const kiln_plan *p, int vid);
+
 /* ---- rewriting ---- */
 
 typedef struct kiln_rewriter {

@@ -1,0 +1,25 @@
+/* kiln_model_internal.h - the runtime's model handle, shared by the runtime's
+ * own files (model.c, main.c, the LM loop). Not installed. */
+#ifndef KILN_MODEL_INTERNAL_H
+#define KILN_MODEL_INTERNAL_H
+
+#include "kiln.h"
+#include "kiln_artifact.h"
+#include "kiln_rt.h"
+
+struct kiln_model {
+    kiln_desc desc;
+    kiln_rt *rt;
+    const uint8_t *weights; /* start of the weights data (after the header) */
+    kiln_map wmap;          /* external weights mapping, if any */
+    uint8_t *arena;
+};
+
+int kiln_model_open_internal(kiln_model **m, const char *weights_path, int threads, kiln_err *err);
+void kiln_model_close_internal(kiln_model *m);
+/* Binds symbol values from input shapes and checks every input dim. */
+int kiln_model_bind(kiln_model *m, const kiln_buffer *inputs, int64_t *syms, kiln_err *err);
+/* Runs the generated graph code on io buffers (inputs then outputs). */
+int kiln_model_exec(kiln_model *m, void **io, const int64_t *syms);
+
+#endif

@@ -181,7 +181,7 @@ int kiln_npy_write(const char *path, kiln_dtype dt, int rank, const int64_t *dim
         free(tmp);
         return kiln_errf(err, "%s: cannot write dtype %s as .npy", path, kiln_dtype_name(dt));
     }
-    char shape[256];
+    char shape[256] = "";
     int sl = 0;
     for (int i = 0; i < rank; i++)
         sl += snprintf(shape + sl, sizeof shape - (size_t)sl, "%lld%s", (long long)dims[i],

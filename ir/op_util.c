@@ -50,9 +50,9 @@ int kiln_bcast_type(kiln_infer_ctx *c, const kiln_type *a, const kiln_type *b, k
             return OPERR(c, "cannot broadcast dimension %lld against %lld", (long long)da,
                          (long long)db);
         else if (KILN_DIM_IS_STATIC(da))
-            d = db; /* symbolic vs static: the symbolic one must be 1 or equal */
+            d = da; /* symbolic vs static (not 1): the symbol must be 1 or equal */
         else if (KILN_DIM_IS_STATIC(db))
-            d = da;
+            d = db;
         else
             d = KILN_DIM_ANY; /* two different symbols: only known at run time */
         r.dims[i] = d;

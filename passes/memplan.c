@@ -236,7 +236,7 @@ int kiln_plan_memory(kiln_graph *g, const kiln_pass_opts *o, kiln_plan *p, kiln_
         int64_t best = -1, best_gap = INT64_MAX, pos = 0;
         for (int j = 0; j <= ni; j++) {
             int64_t gap_end = j < ni ? iv[j].off : INT64_MAX;
-            if (gap_end - pos >= size && gap_end - pos < best_gap) {
+            if (gap_end - pos >= size && (best < 0 || gap_end - pos < best_gap)) {
                 best = pos;
                 best_gap = gap_end - pos;
             }

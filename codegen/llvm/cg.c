@@ -1,0 +1,501 @@
+/* cg.c - LLVM IR building blocks for kernels: dims, buffers, typed loads
+ * and stores, conversions, math calls, loops. */
+#include "cg.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+int cg_fail(cg *c, const kiln_node *n, const char *fmt, ...)
+{
+    if (c->failed)
+        return -1;
+    c->failed = 1;
+    char msg[768], label[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n)
+        kiln_errf(c->err, "%s: %s", kiln_node_label(c->g, n, label, sizeof label), msg);
+    else
+        kiln_errf(c->err, "%s", msg);
+    return -1;
+}
+
+void kc_begin(cg *c, kc *k, const kiln_node *n)
+{
+    memset(k, 0, sizeof *k);
+    k->c = c;
+    k->node = n;
+    char name[64];
+    snprintf(name, sizeof name, "kiln_k%d", c->nkernels++);
+    k->fn = LLVMAddFunction(c->mod, name, c->t_kfn);
+    LLVMSetLinkage(k->fn, LLVMInternalLinkage);
+    k->bufs = LLVMGetParam(k->fn, 0);
+    k->syms = LLVMGetParam(k->fn, 1);
+    k->begin = LLVMGetParam(k->fn, 2);
+    k->end = LLVMGetParam(k->fn, 3);
+    /* buffers never alias across different values within a kernel except by
+     * plan (in-place elementwise), which reads element i before writing it */
+    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(c->ctx, k->fn, "entry");
+    LLVMPositionBuilderAtEnd(c->b, entry);
+    for (int i = 0; i < c->plan->n_syms; i++) {
+        LLVMValueRef idx = LLVMConstInt(c->t_i64, (unsigned long long)i, 0);
+        LLVMValueRef p = LLVMBuildGEP2(c->b, c->t_i64, k->syms, &idx, 1, "");
+        k->symv[i] = LLVMBuildLoad2(c->b, c->t_i64, p, "sym");
+    }
+}
+
+void kc_end(kc *k) { LLVMBuildRetVoid(k->c->b); }
+
+LLVMValueRef kc_i64(kc *k, int64_t v) { return LLVMConstInt(k->c->t_i64, (unsigned long long)v, 1); }
+
+LLVMValueRef kc_f(kc *k, ctype t, double v)
+{
+    if (t == CT_I64)
+        return kc_i64(k, (int64_t)v);
+    return LLVMConstReal(t == CT_F64 ? k->c->t_f64 : k->c->t_f32, v);
+}
+
+LLVMValueRef kc_dim(kc *k, kiln_dim d)
+{
+    cg *c = k->c;
+    if (KILN_DIM_IS_STATIC(d))
+        return kc_i64(k, d);
+    if (d == KILN_DIM_ANY) {
+        cg_fail(c, k->node, "a dimension is unknown at compile time");
+        return kc_i64(k, 0);
+    }
+    const kiln_sym *s = &c->g->syms.syms[KILN_DIM_SYM_ID(d)];
+    if (s->kind == KILN_SYM_VAR) {
+        for (int i = 0; i < c->plan->n_syms; i++)
+            if (c->plan->sym_id[i] == KILN_DIM_SYM_ID(d))
+                return k->symv[i];
+        cg_fail(c, k->node, "symbol '%s' has no value slot", s->name);
+        return kc_i64(k, 0);
+    }
+    LLVMValueRef a = kc_dim(k, s->a), b = kc_dim(k, s->b);
+    switch (s->kind) {
+    case KILN_SYM_ADD: return LLVMBuildAdd(c->b, a, b, "");
+    case KILN_SYM_SUB: return LLVMBuildSub(c->b, a, b, "");
+    case KILN_SYM_MUL: return LLVMBuildMul(c->b, a, b, "");
+    default: return LLVMBuildSDiv(c->b, a, b, "");
+    }
+}
+
+LLVMValueRef kc_ptr(kc *k, int vid)
+{
+    cg *c = k->c;
+    LLVMValueRef idx = kc_i64(k, vid);
+    LLVMValueRef p = LLVMBuildGEP2(c->b, c->t_ptr, k->bufs, &idx, 1, "");
+    return LLVMBuildLoad2(c->b, c->t_ptr, p, c->g->values[vid].name);
+}
+
+ctype kc_ctype(kiln_dtype dt)
+{
+    if (dt == KILN_F64)
+        return CT_F64;
+    return kiln_dtype_get(dt)->is_float ? CT_F32 : CT_I64;
+}
+
+LLVMTypeRef kc_ctype_llvm(kc *k, ctype t)
+{
+    return t == CT_F32 ? k->c->t_f32 : t == CT_F64 ? k->c->t_f64 : k->c->t_i64;
+}
+
+static LLVMTypeRef storage_type(cg *c, kiln_dtype dt)
+{
+    switch (dt) {
+    case KILN_F32: return c->t_f32;
+    case KILN_F64: return c->t_f64;
+    case KILN_F16: return c->t_f16;
+    case KILN_BF16: case KILN_I16: case KILN_U16: return c->t_i16;
+    case KILN_I32: case KILN_U32: return c->t_i32;
+    case KILN_I64: case KILN_U64: return c->t_i64;
+    default: return c->t_i8;
+    }
+}
+
+static LLVMValueRef call_rt(kc *k, const char *name, LLVMTypeRef ret, LLVMTypeRef *pt, int np,
+                            LLVMValueRef *args)
+{
+    cg *c = k->c;
+    LLVMTypeRef ft = LLVMFunctionType(ret, pt, (unsigned)np, 0);
+    LLVMValueRef f = LLVMGetNamedFunction(c->mod, name);
+    if (!f)
+        f = LLVMAddFunction(c->mod, name, ft);
+    return LLVMBuildCall2(c->b, ft, f, args, (unsigned)np, "");
+}
+
+static int is_unsigned(kiln_dtype dt)
+{
+    return dt == KILN_U8 || dt == KILN_U16 || dt == KILN_U32 || dt == KILN_U64 || dt == KILN_U4 ||
+           dt == KILN_BOOL;
+}
+
+LLVMValueRef kc_convert(kc *k, LLVMValueRef v, ctype from, ctype to)
+{
+    cg *c = k->c;
+    if (from == to)
+        return v;
+    if (from == CT_I64)
+        return LLVMBuildSIToFP(c->b, v, kc_ctype_llvm(k, to), "");
+    if (to == CT_I64) {
+        LLVMTypeRef ft = kc_ctype_llvm(k, from);
+        LLVMTypeRef tys[2] = {c->t_i64, ft};
+        LLVMValueRef args[1] = {v};
+        unsigned id = LLVMLookupIntrinsicID("llvm.fptosi.sat", 15);
+        LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, tys, 2);
+        return LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, tys, 2), f, args, 1, "");
+    }
+    return from == CT_F32 ? LLVMBuildFPExt(c->b, v, c->t_f64, "") : LLVMBuildFPTrunc(c->b, v, c->t_f32, "");
+}
+
+LLVMValueRef kc_load(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, ctype ct)
+{
+    cg *c = k->c;
+    LLVMValueRef v;
+    ctype have;
+    if (dt == KILN_I4 || dt == KILN_U4) {
+        LLVMValueRef byte_i = LLVMBuildLShr(c->b, idx, kc_i64(k, 1), "");
+        LLVMValueRef p = LLVMBuildGEP2(c->b, c->t_i8, base, &byte_i, 1, "");
+        LLVMValueRef b = LLVMBuildZExt(c->b, LLVMBuildLoad2(c->b, c->t_i8, p, ""), c->t_i64, "");
+        LLVMValueRef sh = LLVMBuildShl(c->b, LLVMBuildAnd(c->b, idx, kc_i64(k, 1), ""), kc_i64(k, 2), "");
+        v = LLVMBuildAnd(c->b, LLVMBuildLShr(c->b, b, sh, ""), kc_i64(k, 15), "");
+        if (dt == KILN_I4) /* sign-extend the nibble */
+            v = LLVMBuildAShr(c->b, LLVMBuildShl(c->b, v, kc_i64(k, 60), ""), kc_i64(k, 60), "");
+        return kc_convert(k, v, CT_I64, ct);
+    }
+    LLVMTypeRef st = storage_type(c, dt);
+    LLVMValueRef p = LLVMBuildGEP2(c->b, st, base, &idx, 1, "");
+    LLVMValueRef raw = LLVMBuildLoad2(c->b, st, p, "");
+    switch (dt) {
+    case KILN_F32: v = raw; have = CT_F32; break;
+    case KILN_F64: v = raw; have = CT_F64; break;
+    case KILN_F16: v = LLVMBuildFPExt(c->b, raw, c->t_f32, ""); have = CT_F32; break;
+    case KILN_BF16: {
+        LLVMValueRef w = LLVMBuildShl(c->b, LLVMBuildZExt(c->b, raw, c->t_i32, ""),
+                                      LLVMConstInt(c->t_i32, 16, 0), "");
+        v = LLVMBuildBitCast(c->b, w, c->t_f32, "");
+        have = CT_F32;
+        break;
+    }
+    case KILN_F8E4M3:
+    case KILN_F8E5M2: {
+        LLVMTypeRef pt[1] = {c->t_i8};
+        LLVMValueRef a[1] = {raw};
+        v = call_rt(k, dt == KILN_F8E4M3 ? "kiln_f8e4m3_to_f32" : "kiln_f8e5m2_to_f32", c->t_f32, pt, 1, a);
+        have = CT_F32;
+        break;
+    }
+    case KILN_BOOL:
+        v = LLVMBuildZExt(c->b, LLVMBuildICmp(c->b, LLVMIntNE, raw, LLVMConstInt(c->t_i8, 0, 0), ""),
+                          c->t_i64, "");
+        have = CT_I64;
+        break;
+    case KILN_I64:
+    case KILN_U64:
+        v = raw;
+        have = CT_I64;
+        if (dt == KILN_U64 && ct != CT_I64)
+            return LLVMBuildUIToFP(c->b, raw, kc_ctype_llvm(k, ct), "");
+        break;
+    default:
+        v = is_unsigned(dt) ? LLVMBuildZExt(c->b, raw, c->t_i64, "") : LLVMBuildSExt(c->b, raw, c->t_i64, "");
+        have = CT_I64;
+        break;
+    }
+    return kc_convert(k, v, have, ct);
+}
+
+static LLVMValueRef fp_to_int_sat(kc *k, LLVMValueRef v, ctype from, LLVMTypeRef it, int uns)
+{
+    cg *c = k->c;
+    LLVMTypeRef tys[2] = {it, kc_ctype_llvm(k, from)};
+    const char *nm = uns ? "llvm.fptoui.sat" : "llvm.fptosi.sat";
+    unsigned id = LLVMLookupIntrinsicID(nm, strlen(nm));
+    LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, tys, 2);
+    LLVMValueRef args[1] = {v};
+    return LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, tys, 2), f, args, 1, "");
+}
+
+void kc_store(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, LLVMValueRef v, ctype ct)
+{
+    cg *c = k->c;
+    LLVMValueRef out;
+    if (dt == KILN_I4 || dt == KILN_U4) {
+        LLVMValueRef iv = ct == CT_I64 ? v : fp_to_int_sat(k, v, ct, c->t_i64, 0);
+        LLVMValueRef byte_i = LLVMBuildLShr(c->b, idx, kc_i64(k, 1), "");
+        LLVMValueRef p = LLVMBuildGEP2(c->b, c->t_i8, base, &byte_i, 1, "");
+        LLVMValueRef old = LLVMBuildLoad2(c->b, c->t_i8, p, "");
+        LLVMValueRef sh = LLVMBuildTrunc(c->b, LLVMBuildShl(c->b, LLVMBuildAnd(c->b, idx, kc_i64(k, 1), ""), kc_i64(k, 2), ""), c->t_i8, "");
+        LLVMValueRef nib = LLVMBuildAnd(c->b, LLVMBuildTrunc(c->b, iv, c->t_i8, ""), LLVMConstInt(c->t_i8, 15, 0), "");
+        LLVMValueRef mask = LLVMBuildNot(c->b, LLVMBuildShl(c->b, LLVMConstInt(c->t_i8, 15, 0), sh, ""), "");
+        LLVMValueRef nv = LLVMBuildOr(c->b, LLVMBuildAnd(c->b, old, mask, ""), LLVMBuildShl(c->b, nib, sh, ""), "");
+        LLVMBuildStore(c->b, nv, p);
+        return;
+    }
+    LLVMTypeRef st = storage_type(c, dt);
+    switch (dt) {
+    case KILN_F32: out = kc_convert(k, v, ct, CT_F32); break;
+    case KILN_F64: out = kc_convert(k, v, ct, CT_F64); break;
+    case KILN_F16: out = LLVMBuildFPTrunc(c->b, kc_convert(k, v, ct, CT_F32), c->t_f16, ""); break;
+    case KILN_BF16: {
+        LLVMValueRef f = kc_convert(k, v, ct, CT_F32);
+        LLVMValueRef u = LLVMBuildBitCast(c->b, f, c->t_i32, "");
+        LLVMValueRef lsb = LLVMBuildAnd(c->b, LLVMBuildLShr(c->b, u, LLVMConstInt(c->t_i32, 16, 0), ""),
+                                        LLVMConstInt(c->t_i32, 1, 0), "");
+        LLVMValueRef r = LLVMBuildAdd(c->b, u, LLVMBuildAdd(c->b, lsb, LLVMConstInt(c->t_i32, 0x7fff, 0), ""), "");
+        LLVMValueRef rounded = LLVMBuildTrunc(c->b, LLVMBuildLShr(c->b, r, LLVMConstInt(c->t_i32, 16, 0), ""), c->t_i16, "");
+        LLVMValueRef nan = LLVMBuildTrunc(c->b, LLVMBuildOr(c->b, LLVMBuildLShr(c->b, u, LLVMConstInt(c->t_i32, 16, 0), ""),
+                                                           LLVMConstInt(c->t_i32, 0x40, 0), ""), c->t_i16, "");
+        LLVMValueRef isnan = LLVMBuildFCmp(c->b, LLVMRealUNO, f, f, "");
+        out = LLVMBuildSelect(c->b, isnan, nan, rounded, "");
+        break;
+    }
+    case KILN_F8E4M3:
+    case KILN_F8E5M2: {
+        LLVMTypeRef pt[2] = {c->t_f32, c->t_i32};
+        LLVMValueRef a[2] = {kc_convert(k, v, ct, CT_F32), LLVMConstInt(c->t_i32, 1, 0)};
+        out = call_rt(k, dt == KILN_F8E4M3 ? "kiln_f32_to_f8e4m3" : "kiln_f32_to_f8e5m2", c->t_i8, pt, 2, a);
+        break;
+    }
+    case KILN_BOOL:
+        out = ct == CT_I64 ? LLVMBuildICmp(c->b, LLVMIntNE, v, kc_i64(k, 0), "")
+                           : LLVMBuildFCmp(c->b, LLVMRealUNE, v, kc_f(k, ct, 0), "");
+        out = LLVMBuildZExt(c->b, out, c->t_i8, "");
+        break;
+    default:
+        if (ct == CT_I64)
+            out = st == c->t_i64 ? v : LLVMBuildTrunc(c->b, v, st, "");
+        else
+            out = fp_to_int_sat(k, v, ct, st, is_unsigned(dt));
+        break;
+    }
+    LLVMValueRef p = LLVMBuildGEP2(c->b, st, base, &idx, 1, "");
+    LLVMBuildStore(c->b, out, p);
+}
+
+LLVMValueRef kc_round_to(kc *k, LLVMValueRef v, kiln_dtype dt, ctype ct)
+{
+    cg *c = k->c;
+    if (dt == KILN_F16 && ct == CT_F32)
+        return LLVMBuildFPExt(c->b, LLVMBuildFPTrunc(c->b, v, c->t_f16, ""), c->t_f32, "");
+    return v;
+}
+
+LLVMValueRef kc_intr1(kc *k, const char *name, LLVMValueRef x)
+{
+    cg *c = k->c;
+    LLVMTypeRef t = LLVMTypeOf(x);
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, &t, 1);
+    LLVMValueRef args[1] = {x};
+    return LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, &t, 1), f, args, 1, "");
+}
+
+LLVMValueRef kc_intr2(kc *k, const char *name, LLVMValueRef x, LLVMValueRef y)
+{
+    cg *c = k->c;
+    LLVMTypeRef t = LLVMTypeOf(x);
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, &t, 1);
+    LLVMValueRef args[2] = {x, y};
+    return LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, &t, 1), f, args, 2, "");
+}
+
+LLVMValueRef kc_libm1(kc *k, const char *name, LLVMValueRef x, ctype ct)
+{
+    char nm[32];
+    snprintf(nm, sizeof nm, "%s%s", name, ct == CT_F32 ? "f" : "");
+    LLVMTypeRef t = kc_ctype_llvm(k, ct);
+    LLVMValueRef a[1] = {x};
+    return call_rt(k, nm, t, &t, 1, a);
+}
+
+LLVMValueRef kc_libm2(kc *k, const char *name, LLVMValueRef x, LLVMValueRef y, ctype ct)
+{
+    char nm[32];
+    snprintf(nm, sizeof nm, "%s%s", name, ct == CT_F32 ? "f" : "");
+    LLVMTypeRef t = kc_ctype_llvm(k, ct);
+    LLVMTypeRef pt[2] = {t, t};
+    LLVMValueRef a[2] = {x, y};
+    return call_rt(k, nm, t, pt, 2, a);
+}
+
+LLVMValueRef kc_for(kc *k, kc_loop *l, LLVMValueRef lo, LLVMValueRef hi, const char *name)
+{
+    cg *c = k->c;
+    memset(l, 0, sizeof *l);
+    l->pre = LLVMGetInsertBlock(c->b);
+    l->head = LLVMAppendBasicBlockInContext(c->ctx, k->fn, name);
+    l->body = LLVMAppendBasicBlockInContext(c->ctx, k->fn, "body");
+    l->exit = LLVMAppendBasicBlockInContext(c->ctx, k->fn, "exit");
+    LLVMBuildBr(c->b, l->head);
+    LLVMPositionBuilderAtEnd(c->b, l->head);
+    l->iv = LLVMBuildPhi(c->b, c->t_i64, "i");
+    LLVMAddIncoming(l->iv, &lo, &l->pre, 1);
+    LLVMValueRef cond = LLVMBuildICmp(c->b, LLVMIntSLT, l->iv, hi, "");
+    LLVMBuildCondBr(c->b, cond, l->body, l->exit);
+    LLVMPositionBuilderAtEnd(c->b, l->body);
+    return l->iv;
+}
+
+LLVMValueRef kc_phi(kc *k, kc_loop *l, LLVMValueRef init)
+{
+    cg *c = k->c;
+    LLVMBasicBlockRef cur = LLVMGetInsertBlock(c->b);
+    LLVMPositionBuilderBefore(c->b, LLVMGetFirstInstruction(l->head));
+    LLVMValueRef phi = LLVMBuildPhi(c->b, LLVMTypeOf(init), "acc");
+    LLVMAddIncoming(phi, &init, &l->pre, 1);
+    LLVMPositionBuilderAtEnd(c->b, cur);
+    if (l->nphi < 8) {
+        l->phis[l->nphi] = phi;
+        l->nexts[l->nphi++] = phi; /* unchanged unless kc_phi_next says otherwise */
+    }
+    return phi;
+}
+
+void kc_phi_next(kc *k, kc_loop *l, LLVMValueRef phi, LLVMValueRef next)
+{
+    for (int i = 0; i < l->nphi; i++)
+        if (l->phis[i] == phi)
+            l->nexts[i] = next;
+    (void)k;
+}
+
+void kc_for_end(kc *k, kc_loop *l)
+{
+    cg *c = k->c;
+    LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
+    LLVMValueRef next = LLVMBuildAdd(c->b, l->iv, kc_i64(k, 1), "");
+    LLVMBuildBr(c->b, l->head);
+    LLVMAddIncoming(l->iv, &next, &latch, 1);
+    for (int i = 0; i < l->nphi; i++)
+        LLVMAddIncoming(l->phis[i], &l->nexts[i], &latch, 1);
+    LLVMPositionBuilderAtEnd(c->b, l->exit);
+}
+
+void kc_strides(kc *k, const kiln_type *t, LLVMValueRef *st)
+{
+    LLVMValueRef s = kc_i64(k, 1);
+    for (int i = t->rank - 1; i >= 0; i--) {
+        st[i] = s;
+        s = LLVMBuildMul(k->c->b, s, kc_dim(k, t->dims[i]), "");
+    }
+}
+
+void kc_bcast_strides(kc *k, const kiln_type *in, int orank, LLVMValueRef *st)
+{
+    LLVMValueRef own[KILN_MAX_RANK];
+    kc_strides(k, in, own);
+    for (int i = 0; i < orank; i++) {
+        int j = i - (orank - in->rank);
+        if (j < 0 || (KILN_DIM_IS_STATIC(in->dims[j]) && in->dims[j] == 1))
+            st[i] = kc_i64(k, 0);
+        else
+            st[i] = own[j];
+    }
+}
+
+/* ---- explicit <8 x float> vectors ---- */
+
+#define VW KC_VW
+
+LLVMTypeRef kc_vec_t(cg *c) { return LLVMVectorType(c->t_f32, VW); }
+
+LLVMValueRef kc_vload(kc *k, LLVMValueRef base, LLVMValueRef idx)
+{
+    LLVMValueRef p = LLVMBuildGEP2(k->c->b, k->c->t_f32, base, &idx, 1, "");
+    LLVMValueRef l = LLVMBuildLoad2(k->c->b, kc_vec_t(k->c), p, "");
+    LLVMSetAlignment(l, 4);
+    return l;
+}
+
+void kc_vstore(kc *k, LLVMValueRef base, LLVMValueRef idx, LLVMValueRef v)
+{
+    LLVMValueRef p = LLVMBuildGEP2(k->c->b, k->c->t_f32, base, &idx, 1, "");
+    LLVMValueRef s = LLVMBuildStore(k->c->b, v, p);
+    LLVMSetAlignment(s, 4);
+}
+
+LLVMValueRef kc_vfma(kc *k, LLVMValueRef a, LLVMValueRef b, LLVMValueRef acc)
+{
+    cg *c = k->c;
+    LLVMTypeRef t = kc_vec_t(c);
+    unsigned id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
+    LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, &t, 1);
+    LLVMValueRef args[3] = {a, b, acc};
+    return LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, &t, 1), f, args, 3, "");
+}
+
+LLVMValueRef kc_hsum(kc *k, LLVMValueRef v)
+{
+    cg *c = k->c;
+    LLVMValueRef s = LLVMBuildExtractElement(c->b, v, kc_i64(k, 0), "");
+    for (int i = 1; i < VW; i++)
+        s = LLVMBuildFAdd(c->b, s, LLVMBuildExtractElement(c->b, v, kc_i64(k, i), ""), "");
+    return s;
+}
+
+LLVMValueRef kc_vzero(kc *k) { return LLVMConstNull(kc_vec_t(k->c)); }
+
+/* Σ_i a[ao+i]*b[bo+i] over n f32 elements: two vector accumulators, scalar tail. */
+LLVMValueRef kc_dot_f32(kc *k, LLVMValueRef a, LLVMValueRef ao, LLVMValueRef b, LLVMValueRef bo,
+                            LLVMValueRef n)
+{
+    cg *c = k->c;
+    LLVMBuilderRef bl = c->b;
+    LLVMValueRef nv = LLVMBuildMul(bl, LLVMBuildSDiv(bl, n, kc_i64(k, 2 * VW), ""), kc_i64(k, 2 * VW), "");
+    kc_loop l;
+    LLVMValueRef i = kc_for(k, &l, kc_i64(k, 0), LLVMBuildSDiv(bl, nv, kc_i64(k, 2 * VW), ""), "dotv");
+    LLVMValueRef acc0 = kc_phi(k, &l, kc_vzero(k)), acc1 = kc_phi(k, &l, kc_vzero(k));
+    LLVMValueRef e = LLVMBuildMul(bl, i, kc_i64(k, 2 * VW), "");
+    LLVMValueRef e1 = LLVMBuildAdd(bl, e, kc_i64(k, VW), "");
+    LLVMValueRef n0 = kc_vfma(k, kc_vload(k, a, LLVMBuildAdd(bl, ao, e, "")), kc_vload(k, b, LLVMBuildAdd(bl, bo, e, "")), acc0);
+    LLVMValueRef n1 = kc_vfma(k, kc_vload(k, a, LLVMBuildAdd(bl, ao, e1, "")), kc_vload(k, b, LLVMBuildAdd(bl, bo, e1, "")), acc1);
+    kc_phi_next(k, &l, acc0, n0);
+    kc_phi_next(k, &l, acc1, n1);
+    kc_for_end(k, &l);
+    LLVMValueRef s = kc_hsum(k, LLVMBuildFAdd(bl, acc0, acc1, ""));
+    kc_loop t;
+    LLVMValueRef j = kc_for(k, &t, nv, n, "dott");
+    LLVMValueRef sacc = kc_phi(k, &t, s);
+    LLVMValueRef x = kc_load(k, KILN_F32, a, LLVMBuildAdd(bl, ao, j, ""), CT_F32);
+    LLVMValueRef y = kc_load(k, KILN_F32, b, LLVMBuildAdd(bl, bo, j, ""), CT_F32);
+    kc_phi_next(k, &t, sacc, LLVMBuildFAdd(bl, sacc, LLVMBuildFMul(bl, x, y, ""), ""));
+    kc_for_end(k, &t);
+    return sacc;
+}
+
+/* Calls the runtime's row dequantizer: kiln_dequant_row(dt, src, dst, n). */
+void kc_call_dequant(kc *k, kiln_dtype dt, LLVMValueRef src, LLVMValueRef dst, LLVMValueRef n)
+{
+    cg *c = k->c;
+    LLVMTypeRef pt[4] = {c->t_i32, c->t_ptr, c->t_ptr, c->t_i64};
+    LLVMTypeRef ft = LLVMFunctionType(c->t_void, pt, 4, 0);
+    LLVMValueRef f = LLVMGetNamedFunction(c->mod, "kiln_dequant_row");
+    if (!f)
+        f = LLVMAddFunction(c->mod, "kiln_dequant_row", ft);
+    LLVMValueRef args[4] = {LLVMConstInt(c->t_i32, (unsigned)dt, 0), src, dst, n};
+    LLVMBuildCall2(c->b, ft, f, args, 4, "");
+}
+
+/* Stack buffer of n floats in the entry block (n: compile-time bound). */
+LLVMValueRef kc_entry_alloca(kc *k, int64_t n)
+{
+    cg *c = k->c;
+    LLVMBasicBlockRef cur = LLVMGetInsertBlock(c->b);
+    LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(k->fn);
+    LLVMValueRef first = LLVMGetFirstInstruction(entry);
+    if (first)
+        LLVMPositionBuilderBefore(c->b, first);
+    else
+        LLVMPositionBuilderAtEnd(c->b, entry);
+    LLVMValueRef a = LLVMBuildArrayAlloca(c->b, c->t_f32, kc_i64(k, n), "row");
+    LLVMSetAlignment(a, 64);
+    LLVMPositionBuilderAtEnd(c->b, cur);
+    return a;
+}
+

@@ -1,0 +1,379 @@
+/* cpu_matmul.c - contractions: MatMul, Gemm, FusedMatMul, Linear, Einsum.
+ *
+ * Fast paths use explicit <8 x float> vectors (LLVM 16's C API cannot set
+ * fast-math flags, so reductions would not vectorize on their own):
+ *  - Linear: parallel over weight rows; each row is converted to f32 once
+ *    (dequantized for block formats) and dotted with every row of x, so a
+ *    decode step reads each weight byte once;
+ *  - f32 MatMul: out row += a[m,k] * B row k, vectorized over n.
+ * Everything else takes a plain scalar loop nest (f64 accumulation for f64). */
+#include "cg.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define VW KC_VW
+
+static const kiln_type *vt(cg *c, int vid) { return &c->g->values[vid].type; }
+
+/* ---- Linear ---- */
+
+static int lower_linear(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const kiln_type *xt = vt(c, n->inputs[0]), *wt = vt(c, n->inputs[1]), *ot = vt(c, n->outputs[0]);
+    int has_bias = n->n_inputs > 2 && n->inputs[2] >= 0;
+    int64_t K = wt->dims[1];
+    if (!KILN_DIM_IS_STATIC(K) || !KILN_DIM_IS_STATIC(wt->dims[0]))
+        return cg_fail(c, n, "Linear weight must have a static shape");
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef b = c->b;
+    LLVMValueRef x = kc_ptr(&k, n->inputs[0]), w = kc_ptr(&k, n->inputs[1]), y = kc_ptr(&k, n->outputs[0]);
+    LLVMValueRef bias = has_bias ? kc_ptr(&k, n->inputs[2]) : NULL;
+    LLVMValueRef M = kc_i64(&k, 1);
+    for (int d = 0; d < xt->rank - 1; d++)
+        M = LLVMBuildMul(b, M, kc_dim(&k, xt->dims[d]), "");
+    LLVMValueRef Kv = kc_i64(&k, K), Nv = kc_i64(&k, wt->dims[0]);
+    /* x rows as f32: convert once per kernel call chunk if x is not f32 */
+    LLVMValueRef xs = x;
+    int xconv = xt->dtype != KILN_F32;
+    LLVMValueRef row = wt->dtype == KILN_F32 ? NULL : kc_entry_alloca(&k, K);
+    if (xconv) {
+        /* convert all of x into a heap-free stack copy would be unbounded:
+         * convert row by row instead, inside the m loop */
+    }
+    LLVMValueRef xrow = xconv ? kc_entry_alloca(&k, K) : NULL;
+    kc_loop ln;
+    LLVMValueRef nn = kc_for(&k, &ln, k.begin, k.end, "n");
+    LLVMValueRef wrow;
+    if (wt->dtype == KILN_F32) {
+        wrow = w;
+    } else {
+        const kiln_dtype_info *di = kiln_dtype_get(wt->dtype);
+        LLVMValueRef rowbytes = kc_i64(&k, (int64_t)kiln_dtype_storage(wt->dtype, K));
+        LLVMValueRef src = LLVMBuildGEP2(b, c->t_i8, w, (LLVMValueRef[]){LLVMBuildMul(b, nn, rowbytes, "")}, 1, "");
+        if (di->is_quant) {
+            kc_call_dequant(&k, wt->dtype, src, row, Kv);
+        } else {
+            kc_loop lk;
+            LLVMValueRef kk = kc_for(&k, &lk, kc_i64(&k, 0), Kv, "cvt");
+            kc_store(&k, KILN_F32, row, kk, kc_load(&k, wt->dtype, src, kk, CT_F32), CT_F32);
+            kc_for_end(&k, &lk);
+        }
+        wrow = row;
+    }
+    LLVMValueRef woff = wt->dtype == KILN_F32 ? LLVMBuildMul(b, nn, Kv, "") : kc_i64(&k, 0);
+    LLVMValueRef bv = has_bias ? kc_load(&k, vt(c, n->inputs[2])->dtype, bias, nn, CT_F32) : NULL;
+    kc_loop lm;
+    LLVMValueRef m = kc_for(&k, &lm, kc_i64(&k, 0), M, "m");
+    LLVMValueRef xoff = LLVMBuildMul(b, m, Kv, "");
+    if (xconv) {
+        kc_loop lk;
+        LLVMValueRef kk = kc_for(&k, &lk, kc_i64(&k, 0), Kv, "xcvt");
+        kc_store(&k, KILN_F32, xrow, kk, kc_load(&k, xt->dtype, x, LLVMBuildAdd(b, xoff, kk, ""), CT_F32), CT_F32);
+        kc_for_end(&k, &lk);
+        xs = xrow;
+        xoff = kc_i64(&k, 0);
+    }
+    LLVMValueRef acc = kc_dot_f32(&k, xs, xoff, wrow, woff, Kv);
+    if (bv)
+        acc = LLVMBuildFAdd(b, acc, bv, "");
+    kc_store(&k, ot->dtype, y, LLVMBuildAdd(b, LLVMBuildMul(b, m, Nv, ""), nn, ""), acc, CT_F32);
+    kc_for_end(&k, &lm);
+    kc_for_end(&k, &ln);
+    kc_end(&k);
+    kiln_dim trip = wt->dims[0];
+    cg_launch(c, k.fn, &trip, 1, 8, ni);
+    return c->failed ? -1 : 0;
+}
+
+/* ---- MatMul / Gemm / FusedMatMul ---- */
+
+typedef struct mm {
+    int a, b, cbias;           /* value ids (cbias -1 if none) */
+    int ta, tb;                /* transposed operands (last two dims) */
+    double alpha, beta;
+    int a_vec, b_vec;          /* 1-D operands promoted per numpy */
+} mm;
+
+/* out[batch..., m, n] = alpha * Σ_k A'[.., m, k] B'[.., k, n] + beta * C */
+static int lower_mm(cg *c, int ni, const mm *p)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const kiln_type *at = vt(c, p->a), *bt = vt(c, p->b), *ot = vt(c, n->outputs[0]);
+    int orank = ot->rank;
+    /* logical shapes with promotions */
+    kiln_dim adims[KILN_MAX_RANK], bdims[KILN_MAX_RANK];
+    int ar = at->rank, br = bt->rank;
+    memcpy(adims, at->dims, sizeof(kiln_dim) * (size_t)ar);
+    memcpy(bdims, bt->dims, sizeof(kiln_dim) * (size_t)br);
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef bl = c->b;
+    LLVMValueRef ast[KILN_MAX_RANK], bst[KILN_MAX_RANK], ost[KILN_MAX_RANK];
+    kc_strides(&k, at, ast);
+    kc_strides(&k, bt, bst);
+    kc_strides(&k, ot, ost);
+    /* (m, k) strides of A and (k, n) strides of B */
+    LLVMValueRef a_m, a_k, b_k, b_n, Kd;
+    if (p->a_vec) {
+        a_m = kc_i64(&k, 0);
+        a_k = ast[0];
+        Kd = kc_dim(&k, adims[0]);
+    } else {
+        a_m = p->ta ? ast[ar - 1] : ast[ar - 2];
+        a_k = p->ta ? ast[ar - 2] : ast[ar - 1];
+        Kd = kc_dim(&k, p->ta ? adims[ar - 2] : adims[ar - 1]);
+    }
+    if (p->b_vec) {
+        b_k = bst[0];
+        b_n = kc_i64(&k, 0);
+    } else {
+        b_k = p->tb ? bst[br - 1] : bst[br - 2];
+        b_n = p->tb ? bst[br - 2] : bst[br - 1];
+    }
+    /* output's logical (batch..., M, N) */
+    int nbatch = orank - (p->a_vec ? 0 : 1) - (p->b_vec ? 0 : 1);
+    LLVMValueRef Md = p->a_vec ? kc_i64(&k, 1) : kc_dim(&k, ot->dims[nbatch]);
+    LLVMValueRef Nd = p->b_vec ? kc_i64(&k, 1) : kc_dim(&k, ot->dims[orank - 1]);
+    /* batch strides (broadcast: 0 for size-1 / missing dims) */
+    int a_nb = p->a_vec ? 0 : ar - 2, b_nb = p->b_vec ? 0 : br - 2;
+    LLVMValueRef a_bst[KILN_MAX_RANK], b_bst[KILN_MAX_RANK];
+    for (int d = 0; d < nbatch; d++) {
+        int ia = d - (nbatch - a_nb), ib = d - (nbatch - b_nb);
+        a_bst[d] = (ia < 0 || (KILN_DIM_IS_STATIC(adims[ia]) && adims[ia] == 1 && ot->dims[d] != 1)) ? kc_i64(&k, 0) : ast[ia];
+        b_bst[d] = (ib < 0 || (KILN_DIM_IS_STATIC(bdims[ib]) && bdims[ib] == 1 && ot->dims[d] != 1)) ? kc_i64(&k, 0) : bst[ib];
+    }
+    /* outer loop over batch*M rows */
+    kc_loop lr;
+    LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "row");
+    LLVMValueRef m = LLVMBuildSRem(bl, r, Md, "");
+    LLVMValueRef bi = LLVMBuildSDiv(bl, r, Md, "");
+    LLVMValueRef aoff = LLVMBuildMul(bl, m, a_m, ""), boff = kc_i64(&k, 0), ooff = kc_i64(&k, 0);
+    for (int d = nbatch - 1; d >= 0; d--) {
+        LLVMValueRef dim = kc_dim(&k, ot->dims[d]);
+        LLVMValueRef id = LLVMBuildSRem(bl, bi, dim, "");
+        bi = LLVMBuildSDiv(bl, bi, dim, "");
+        aoff = LLVMBuildAdd(bl, aoff, LLVMBuildMul(bl, id, a_bst[d], ""), "");
+        boff = LLVMBuildAdd(bl, boff, LLVMBuildMul(bl, id, b_bst[d], ""), "");
+        ooff = LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, id, ost[d], ""), "");
+    }
+    if (!p->a_vec)
+        ooff = LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, m, ost[nbatch], ""), "");
+    LLVMValueRef A = kc_ptr(&k, p->a), B = kc_ptr(&k, p->b), O = kc_ptr(&k, n->outputs[0]);
+    LLVMValueRef on_st = p->b_vec ? kc_i64(&k, 0) : ost[orank - 1];
+    ctype ct = ot->dtype == KILN_F64 ? CT_F64 : kiln_dtype_get(ot->dtype)->is_float ? CT_F32 : CT_I64;
+    int fast = at->dtype == KILN_F32 && bt->dtype == KILN_F32 && ot->dtype == KILN_F32 && !p->tb && !p->b_vec &&
+               p->cbias < 0 && p->alpha == 1.0;
+    if (fast) {
+        /* out row = 0; for k: out row += A[m,k] * B[k, :] (B rows contiguous) */
+        kc_loop lz;
+        LLVMValueRef j = kc_for(&k, &lz, kc_i64(&k, 0), Nd, "zero");
+        kc_store(&k, KILN_F32, O, LLVMBuildAdd(bl, ooff, j, ""), kc_f(&k, CT_F32, 0), CT_F32);
+        kc_for_end(&k, &lz);
+        kc_loop lk;
+        LLVMValueRef kk = kc_for(&k, &lk, kc_i64(&k, 0), Kd, "k");
+        LLVMValueRef av = kc_load(&k, KILN_F32, A, LLVMBuildAdd(bl, aoff, LLVMBuildMul(bl, kk, a_k, ""), ""), CT_F32);
+        LLVMValueRef brow = LLVMBuildAdd(bl, boff, LLVMBuildMul(bl, kk, b_k, ""), "");
+        LLVMValueRef splat = LLVMBuildInsertElement(bl, LLVMGetUndef(kc_vec_t(c)), av, kc_i64(&k, 0), "");
+        LLVMValueRef zeros = LLVMConstNull(LLVMVectorType(c->t_i32, VW));
+        splat = LLVMBuildShuffleVector(bl, splat, LLVMGetUndef(kc_vec_t(c)), zeros, "");
+        LLVMValueRef nv = LLVMBuildMul(bl, LLVMBuildSDiv(bl, Nd, kc_i64(&k, VW), ""), kc_i64(&k, VW), "");
+        kc_loop lv;
+        LLVMValueRef jv = kc_for(&k, &lv, kc_i64(&k, 0), LLVMBuildSDiv(bl, nv, kc_i64(&k, VW), ""), "nv");
+        LLVMValueRef j0 = LLVMBuildMul(bl, jv, kc_i64(&k, VW), "");
+        LLVMValueRef oi = LLVMBuildAdd(bl, ooff, j0, "");
+        kc_vstore(&k, O, oi, kc_vfma(&k, splat, kc_vload(&k, B, LLVMBuildAdd(bl, brow, j0, "")), kc_vload(&k, O, oi)));
+        kc_for_end(&k, &lv);
+        kc_loop lt;
+        LLVMValueRef jt = kc_for(&k, &lt, nv, Nd, "nt");
+        LLVMValueRef oj = LLVMBuildAdd(bl, ooff, jt, "");
+        LLVMValueRef bvv = kc_load(&k, KILN_F32, B, LLVMBuildAdd(bl, brow, jt, ""), CT_F32);
+        LLVMValueRef ov = kc_load(&k, KILN_F32, O, oj, CT_F32);
+        kc_store(&k, KILN_F32, O, oj, LLVMBuildFAdd(bl, ov, LLVMBuildFMul(bl, av, bvv, ""), ""), CT_F32);
+        kc_for_end(&k, &lt);
+        kc_for_end(&k, &lk);
+    } else {
+        kc_loop ln;
+        LLVMValueRef j = kc_for(&k, &ln, kc_i64(&k, 0), Nd, "n");
+        kc_loop lk;
+        LLVMValueRef kk = kc_for(&k, &lk, kc_i64(&k, 0), Kd, "k");
+        LLVMValueRef acc = kc_phi(&k, &lk, kc_f(&k, ct == CT_I64 ? CT_I64 : CT_F64, 0));
+        ctype act = ct == CT_I64 ? CT_I64 : CT_F64;
+        LLVMValueRef av = kc_load(&k, at->dtype, A, LLVMBuildAdd(bl, aoff, LLVMBuildMul(bl, kk, a_k, ""), ""), act);
+        LLVMValueRef bv = kc_load(&k, bt->dtype, B,
+                                  LLVMBuildAdd(bl, LLVMBuildAdd(bl, boff, LLVMBuildMul(bl, kk, b_k, ""), ""),
+                                               LLVMBuildMul(bl, j, b_n, ""), ""), act);
+        kc_phi_next(&k, &lk, acc, act == CT_I64 ? LLVMBuildAdd(bl, acc, LLVMBuildMul(bl, av, bv, ""), "")
+                                                : LLVMBuildFAdd(bl, acc, LLVMBuildFMul(bl, av, bv, ""), ""));
+        kc_for_end(&k, &lk);
+        LLVMValueRef v = acc;
+        if (act == CT_F64) {
+            if (p->alpha != 1.0)
+                v = LLVMBuildFMul(bl, v, kc_f(&k, CT_F64, p->alpha), "");
+            if (p->cbias >= 0) {
+                const kiln_type *ctt = vt(c, p->cbias);
+                LLVMValueRef cst[KILN_MAX_RANK];
+                LLVMValueRef idx2[2] = {m, j};
+                kc_bcast_strides(&k, ctt, 2, cst);
+                LLVMValueRef co = LLVMBuildAdd(bl, LLVMBuildMul(bl, idx2[0], cst[0], ""), LLVMBuildMul(bl, idx2[1], cst[1], ""), "");
+                LLVMValueRef cv = kc_load(&k, ctt->dtype, kc_ptr(&k, p->cbias), co, CT_F64);
+                v = LLVMBuildFAdd(bl, v, LLVMBuildFMul(bl, cv, kc_f(&k, CT_F64, p->beta), ""), "");
+            }
+        }
+        kc_store(&k, ot->dtype, O, LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, j, on_st, ""), ""), v, act);
+        kc_for_end(&k, &ln);
+    }
+    kc_for_end(&k, &lr);
+    kc_end(&k);
+    kiln_dim trip[KILN_MAX_RANK];
+    int nt = 0;
+    for (int d = 0; d < nbatch; d++)
+        trip[nt++] = ot->dims[d];
+    if (!p->a_vec)
+        trip[nt++] = ot->dims[nbatch];
+    cg_launch(c, k.fn, trip, nt, 4, ni);
+    return c->failed ? -1 : 0;
+}
+
+/* ---- Einsum: a generic loop nest over output and summed letters ---- */
+
+static int lower_einsum(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const char *eq = kiln_node_string(n, "equation");
+    char terms[KILN_MAX_OP_INPUTS][KILN_MAX_RANK + 1], out[KILN_MAX_RANK + 1];
+    int nt = 0;
+    const char *p = eq;
+    char *arrow = strstr(eq, "->");
+    if (!arrow || strchr(eq, '.'))
+        return cg_fail(c, n, "Einsum without an explicit '->' output or with '...' is not lowered yet");
+    while (p < arrow && nt < n->n_inputs) {
+        int l = 0;
+        while (p < arrow && *p != ',') {
+            if (*p != ' ' && l < KILN_MAX_RANK)
+                terms[nt][l++] = *p;
+            p++;
+        }
+        terms[nt++][l] = 0;
+        if (*p == ',')
+            p++;
+    }
+    int ol = 0;
+    for (p = arrow + 2; *p; p++)
+        if (*p != ' ' && ol < KILN_MAX_RANK)
+            out[ol++] = *p;
+    out[ol] = 0;
+    /* letters: output first, then summed */
+    char letters[64];
+    kiln_dim ldim[64];
+    int nl = 0;
+    for (int i = 0; i < ol; i++)
+        letters[nl++] = out[i];
+    for (int t = 0; t < nt; t++)
+        for (int i = 0; terms[t][i]; i++)
+            if (!memchr(letters, terms[t][i], (size_t)nl))
+                letters[nl++] = terms[t][i];
+    for (int l = 0; l < nl; l++) {
+        ldim[l] = KILN_DIM_ANY;
+        for (int t = 0; t < nt && ldim[l] == KILN_DIM_ANY; t++)
+            for (int i = 0; terms[t][i]; i++)
+                if (terms[t][i] == letters[l]) {
+                    const kiln_type *tt = vt(c, n->inputs[t]);
+                    if (tt->dims[i] != 1 || ldim[l] == KILN_DIM_ANY)
+                        ldim[l] = tt->dims[i];
+                }
+    }
+    const kiln_type *ot = vt(c, n->outputs[0]);
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef bl = c->b;
+    LLVMValueRef idx[64];
+    kc_loop loops[64];
+    ctype ct = kc_ctype(ot->dtype) == CT_I64 ? CT_I64 : CT_F64;
+    /* output loops (outer one parallel), then the reduction */
+    int par = ol > 0;
+    for (int l = 0; l < ol; l++)
+        idx[l] = kc_for(&k, &loops[l], l == 0 ? k.begin : kc_i64(&k, 0), l == 0 ? k.end : kc_dim(&k, ldim[l]), "o");
+    if (!par) {
+        /* rank-0 output: run once */
+    }
+    LLVMValueRef acc0 = kc_f(&k, ct, 0);
+    LLVMValueRef acc = acc0;
+    kc_loop red[64];
+    LLVMValueRef phis[64];
+    for (int l = ol; l < nl; l++) {
+        idx[l] = kc_for(&k, &red[l], kc_i64(&k, 0), kc_dim(&k, ldim[l]), "r");
+        phis[l] = kc_phi(&k, &red[l], l == ol ? acc0 : phis[l - 1]);
+    }
+    LLVMValueRef prod = kc_f(&k, ct, 1);
+    for (int t = 0; t < nt; t++) {
+        const kiln_type *tt = vt(c, n->inputs[t]);
+        LLVMValueRef st[KILN_MAX_RANK], off = kc_i64(&k, 0);
+        kc_strides(&k, tt, st);
+        for (int i = 0; terms[t][i]; i++) {
+            int l = (int)((char *)memchr(letters, terms[t][i], (size_t)nl) - letters);
+            LLVMValueRef ii = (KILN_DIM_IS_STATIC(tt->dims[i]) && tt->dims[i] == 1) ? kc_i64(&k, 0) : idx[l];
+            off = LLVMBuildAdd(bl, off, LLVMBuildMul(bl, ii, st[i], ""), "");
+        }
+        LLVMValueRef v = kc_load(&k, tt->dtype, kc_ptr(&k, n->inputs[t]), off, ct);
+        prod = ct == CT_I64 ? LLVMBuildMul(bl, prod, v, "") : LLVMBuildFMul(bl, prod, v, "");
+    }
+    if (nl > ol) {
+        LLVMValueRef last = phis[nl - 1];
+        LLVMValueRef nx = ct == CT_I64 ? LLVMBuildAdd(bl, last, prod, "") : LLVMBuildFAdd(bl, last, prod, "");
+        for (int l = nl - 1; l >= ol; l--) {
+            kc_phi_next(&k, &red[l], phis[l], l == nl - 1 ? nx : phis[l + 1]);
+            kc_for_end(&k, &red[l]);
+        }
+        acc = phis[ol];
+    } else {
+        acc = prod;
+    }
+    LLVMValueRef ost[KILN_MAX_RANK], ooff = kc_i64(&k, 0);
+    kc_strides(&k, ot, ost);
+    for (int l = 0; l < ol; l++)
+        ooff = LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, idx[l], ost[l], ""), "");
+    kc_store(&k, ot->dtype, kc_ptr(&k, n->outputs[0]), ooff, acc, ct);
+    for (int l = ol - 1; l >= 0; l--)
+        kc_for_end(&k, &loops[l]);
+    kc_end(&k);
+    kiln_dim trip = ol ? ldim[0] : 1;
+    if (!ol) {
+        /* rank-0 output ignores begin/end: launch exactly once */
+        trip = 1;
+    }
+    cg_launch(c, k.fn, &trip, 1, 1, ni);
+    return c->failed ? -1 : 0;
+}
+
+int cg_lower_matmul(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const char *op = n->op->name;
+    mm p = {n->inputs[0], n->inputs[1], -1, 0, 0, 1.0, 1.0, 0, 0};
+    if (!strcmp(op, "Linear"))
+        return lower_linear(c, ni);
+    if (!strcmp(op, "Einsum"))
+        return lower_einsum(c, ni);
+    if (!strcmp(op, "Gemm")) {
+        p.ta = (int)kiln_node_int(n, "transA");
+        p.tb = (int)kiln_node_int(n, "transB");
+        p.alpha = kiln_node_float(n, "alpha");
+        p.beta = kiln_node_float(n, "beta");
+        if (n->n_inputs > 2 && n->inputs[2] >= 0)
+            p.cbias = n->inputs[2];
+    } else if (!strcmp(op, "FusedMatMul")) {
+        if (kiln_node_int(n, "transBatchA") || kiln_node_int(n, "transBatchB"))
+            return cg_fail(c, n, "FusedMatMul with transBatchA/B is not lowered yet");
+        p.ta = (int)kiln_node_int(n, "transA");
+        p.tb = (int)kiln_node_int(n, "transB");
+        p.alpha = kiln_node_float(n, "alpha");
+    }
+    p.a_vec = vt(c, p.a)->rank == 1;
+    p.b_vec = vt(c, p.b)->rank == 1;
+    if (kiln_dtype_get(vt(c, p.a)->dtype)->is_quant || kiln_dtype_get(vt(c, p.b)->dtype)->is_quant)
+        return cg_fail(c, n, "block-quantized MatMul operands must go through Linear");
+    return lower_mm(c, ni, &p);
+}

@@ -1,0 +1,741 @@
+/* cpu_nn.c - row-wise NN kernels: softmax family, layer/RMS norms (plain
+ * and com.microsoft skip forms), batch/instance/group norm, rotary
+ * embeddings, and attention (ONNX Attention and kiln GQAttention share one
+ * lowering). Statistics accumulate in f64 like the reference kernels. */
+#include "cg.h"
+
+#include <math.h>
+#include <string.h>
+
+#define IS(s) (strcmp(op, s) == 0)
+
+static const kiln_type *vt(cg *c, int vid) { return &c->g->values[vid].type; }
+
+static LLVMValueRef prod_dims(kc *k, const kiln_type *t, int from, int to)
+{
+    LLVMValueRef v = kc_i64(k, 1);
+    for (int d = from; d < to; d++)
+        v = LLVMBuildMul(k->c->b, v, kc_dim(k, t->dims[d]), "");
+    return v;
+}
+
+static int has_out(cg *c, const kiln_node *n, int o)
+{
+    return o < n->n_outputs && c->plan->bufs[n->outputs[o]].kind != KILN_BUF_NONE &&
+           c->plan->bufs[n->outputs[o]].last >= 0;
+}
+
+/* ---- Softmax / LogSoftmax / Hardmax ---- */
+
+static int lower_softmax(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const char *op = n->op->name;
+    const kiln_type *xt = vt(c, n->inputs[0]);
+    int axis = (int)kiln_node_int(n, "axis");
+    if (axis < 0)
+        axis += xt->rank;
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef b = c->b;
+    LLVMValueRef inner = prod_dims(&k, xt, axis + 1, xt->rank), len = kc_dim(&k, xt->dims[axis]);
+    LLVMValueRef X = kc_ptr(&k, n->inputs[0]), Y = kc_ptr(&k, n->outputs[0]);
+    kc_loop lr;
+    LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "row"); /* r = outer*inner + in */
+    LLVMValueRef outer = LLVMBuildSDiv(b, r, inner, ""), in = LLVMBuildSRem(b, r, inner, "");
+    LLVMValueRef base = LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildMul(b, outer, len, ""), inner, ""), in, "");
+    ctype ct = CT_F64;
+#define AT(j) LLVMBuildAdd(b, base, LLVMBuildMul(b, (j), inner, ""), "")
+    kc_loop l1;
+    LLVMValueRef j = kc_for(&k, &l1, kc_i64(&k, 0), len, "max");
+    LLVMValueRef mx = kc_phi(&k, &l1, kc_f(&k, ct, -INFINITY)), mi = kc_phi(&k, &l1, kc_i64(&k, 0));
+    LLVMValueRef v = kc_load(&k, xt->dtype, X, AT(j), ct);
+    LLVMValueRef gt = LLVMBuildFCmp(b, LLVMRealOGT, v, mx, "");
+    kc_phi_next(&k, &l1, mx, LLVMBuildSelect(b, gt, v, mx, ""));
+    kc_phi_next(&k, &l1, mi, LLVMBuildSelect(b, gt, j, mi, ""));
+    kc_for_end(&k, &l1);
+    if (IS("Hardmax")) {
+        kc_loop l2;
+        LLVMValueRef j2 = kc_for(&k, &l2, kc_i64(&k, 0), len, "hm");
+        LLVMValueRef one = LLVMBuildSIToFP(b, LLVMBuildZExt(b, LLVMBuildICmp(b, LLVMIntEQ, j2, mi, ""), c->t_i64, ""), c->t_f64, "");
+        kc_store(&k, xt->dtype, Y, AT(j2), one, ct);
+        kc_for_end(&k, &l2);
+    } else {
+        /* -inf everywhere: keep exp defined */
+        LLVMValueRef m = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOEQ, mx, kc_f(&k, ct, -INFINITY), ""), kc_f(&k, ct, 0), mx, "");
+        kc_loop l2;
+        LLVMValueRef j2 = kc_for(&k, &l2, kc_i64(&k, 0), len, "sum");
+        LLVMValueRef sum = kc_phi(&k, &l2, kc_f(&k, ct, 0));
+        LLVMValueRef e = kc_intr1(&k, "llvm.exp", LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, AT(j2), ct), m, ""));
+        if (IS("Softmax"))
+            kc_store(&k, xt->dtype == KILN_F64 ? KILN_F64 : KILN_F32, Y, AT(j2), e, ct); /* f32 scratch in Y */
+        kc_phi_next(&k, &l2, sum, LLVMBuildFAdd(b, sum, e, ""));
+        kc_for_end(&k, &l2);
+        kc_loop l3;
+        LLVMValueRef j3 = kc_for(&k, &l3, kc_i64(&k, 0), len, "norm");
+        LLVMValueRef o;
+        if (IS("Softmax")) {
+            /* recompute exp for narrow dtypes (Y cannot hold f32 scratch) */
+            LLVMValueRef e3 = xt->dtype == KILN_F32 || xt->dtype == KILN_F64
+                                  ? kc_load(&k, xt->dtype, Y, AT(j3), ct)
+                                  : kc_intr1(&k, "llvm.exp", LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, AT(j3), ct), m, ""));
+            o = LLVMBuildFDiv(b, e3, sum, "");
+        } else {
+            o = LLVMBuildFSub(b, LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, AT(j3), ct), m, ""), kc_intr1(&k, "llvm.log", sum), "");
+        }
+        kc_store(&k, xt->dtype, Y, AT(j3), o, ct);
+        kc_for_end(&k, &l3);
+    }
+#undef AT
+    kc_for_end(&k, &lr);
+    kc_end(&k);
+    kiln_dim trip[KILN_MAX_RANK];
+    int nt = 0;
+    for (int d = 0; d < xt->rank; d++)
+        if (d != axis)
+            trip[nt++] = xt->dims[d];
+    cg_launch(c, k.fn, trip, nt, 16, ni);
+    return c->failed ? -1 : 0;
+}
+
+/* ---- layer norms ---- */
+
+/* Offset of element j of a normalized row in a scale/bias tensor that
+ * broadcasts against x's trailing dims (the common layouts: same trailing
+ * shape, or one element). */
+static int norm_param_ok(cg *c, const kiln_type *xt, int axis, int vid)
+{
+    const kiln_type *t = vt(c, vid);
+    if (kiln_type_numel(t) == 1)
+        return 1;
+    int tail = xt->rank - axis;
+    if (t->rank > tail) {
+        for (int d = 0; d < t->rank - tail; d++)
+            if (t->dims[d] != 1)
+                return 0;
+    }
+    int r = t->rank < tail ? t->rank : tail;
+    for (int d = 0; d < r; d++)
+        if (t->dims[t->rank - 1 - d] != xt->dims[xt->rank - 1 - d])
+            return 0;
+    /* missing leading dims of the tail must be 1-extent repeats: only allow exact */
+    return t->rank >= tail || kiln_type_numel(t) == kiln_type_numel(xt) / 1 || r == tail;
+}
+
+static LLVMValueRef param_at(kc *k, int vid, LLVMValueRef j, LLVMValueRef n, ctype ct)
+{
+    const kiln_type *t = vt(k->c, vid);
+    LLVMValueRef idx = kiln_type_numel(t) == 1 ? kc_i64(k, 0) : LLVMBuildSRem(k->c->b, j, n, "");
+    return kc_load(k, t->dtype, kc_ptr(k, vid), idx, ct);
+}
+
+typedef struct lnspec {
+    int x, skip, bias, scale, beta; /* value ids, -1 absent */
+    int rms;
+    int y, mean, inv, sum;          /* outputs, -1 absent */
+    double eps;
+    int axis;
+} lnspec;
+
+static LLVMValueRef xval(kc *k, const lnspec *s, const kiln_type *xt, LLVMValueRef X, LLVMValueRef base,
+                         LLVMValueRef j, LLVMValueRef N);
+
+static int lower_lnorm(cg *c, int ni, const lnspec *s)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const kiln_type *xt = vt(c, s->x);
+    if (!norm_param_ok(c, xt, s->axis, s->scale) || (s->beta >= 0 && !norm_param_ok(c, xt, s->axis, s->beta)))
+        return cg_fail(c, n, "scale/bias broadcasting pattern not supported by the CPU lowering");
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef b = c->b;
+    LLVMValueRef N = prod_dims(&k, xt, s->axis, xt->rank);
+    LLVMValueRef X = kc_ptr(&k, s->x), Y = kc_ptr(&k, s->y);
+    ctype ct = CT_F64;
+    kc_loop lr;
+    LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "row");
+    LLVMValueRef base = LLVMBuildMul(b, r, N, "");
+    /* element j of the (skip-)summed row */
+#define XV(j) xval(&k, s, xt, X, base, (j), N)
+    kc_loop l1;
+    LLVMValueRef j = kc_for(&k, &l1, kc_i64(&k, 0), N, "stat");
+    LLVMValueRef s1 = kc_phi(&k, &l1, kc_f(&k, ct, 0)), s2 = kc_phi(&k, &l1, kc_f(&k, ct, 0));
+    LLVMValueRef v = XV(j);
+    if (s->sum >= 0)
+        kc_store(&k, vt(c, s->sum)->dtype, kc_ptr(&k, s->sum), LLVMBuildAdd(b, base, j, ""), v, ct);
+    kc_phi_next(&k, &l1, s1, LLVMBuildFAdd(b, s1, v, ""));
+    kc_phi_next(&k, &l1, s2, LLVMBuildFAdd(b, s2, LLVMBuildFMul(b, v, v, ""), ""));
+    kc_for_end(&k, &l1);
+    LLVMValueRef Nf = LLVMBuildSIToFP(b, N, c->t_f64, "");
+    LLVMValueRef mean = s->rms ? kc_f(&k, ct, 0) : LLVMBuildFDiv(b, s1, Nf, "");
+    LLVMValueRef var = LLVMBuildFSub(b, LLVMBuildFDiv(b, s2, Nf, ""), LLVMBuildFMul(b, mean, mean, ""), "");
+    LLVMValueRef inv = LLVMBuildFDiv(b, kc_f(&k, ct, 1), kc_intr1(&k, "llvm.sqrt", LLVMBuildFAdd(b, var, kc_f(&k, ct, s->eps), "")), "");
+    kc_loop l2;
+    LLVMValueRef j2 = kc_for(&k, &l2, kc_i64(&k, 0), N, "norm");
+    LLVMValueRef o = LLVMBuildFMul(b, LLVMBuildFSub(b, XV(j2), mean, ""), inv, "");
+    o = LLVMBuildFMul(b, o, param_at(&k, s->scale, j2, N, ct), "");
+    if (s->beta >= 0)
+        o = LLVMBuildFAdd(b, o, param_at(&k, s->beta, j2, N, ct), "");
+    kc_store(&k, xt->dtype, Y, LLVMBuildAdd(b, base, j2, ""), o, ct);
+    kc_for_end(&k, &l2);
+    if (s->mean >= 0)
+        kc_store(&k, vt(c, s->mean)->dtype, kc_ptr(&k, s->mean), r, mean, ct);
+    if (s->inv >= 0)
+        kc_store(&k, vt(c, s->inv)->dtype, kc_ptr(&k, s->inv), r, inv, ct);
+#undef XV
+    kc_for_end(&k, &lr);
+    kc_end(&k);
+    kiln_dim trip[KILN_MAX_RANK];
+    for (int d = 0; d < s->axis; d++)
+        trip[d] = xt->dims[d];
+    cg_launch(c, k.fn, trip, s->axis, 8, ni);
+    return c->failed ? -1 : 0;
+}
+
+/* Element j of a row: x (+ skip + bias for the skip forms), in f64. */
+static LLVMValueRef xval(kc *k, const lnspec *s, const kiln_type *xt, LLVMValueRef X, LLVMValueRef base,
+                         LLVMValueRef j, LLVMValueRef N)
+{
+    LLVMBuilderRef b = k->c->b;
+    LLVMValueRef i = LLVMBuildAdd(b, base, j, "");
+    LLVMValueRef v = kc_load(k, xt->dtype, X, i, CT_F64);
+    if (s->skip >= 0) {
+        const kiln_type *st = vt(k->c, s->skip);
+        LLVMValueRef si = kiln_type_numel(st) >= 0 && kiln_type_numel(st) == kiln_type_numel(xt) ? i
+                          : LLVMBuildSRem(b, i, kc_i64(k, kiln_type_numel(st) > 0 ? kiln_type_numel(st) : 1), "");
+        if (kiln_type_numel(st) < 0)
+            si = i;
+        v = LLVMBuildFAdd(b, v, kc_load(k, st->dtype, kc_ptr(k, s->skip), si, CT_F64), "");
+    }
+    if (s->bias >= 0)
+        v = LLVMBuildFAdd(b, v, kc_load(k, vt(k->c, s->bias)->dtype, kc_ptr(k, s->bias), LLVMBuildSRem(b, j, N, ""), CT_F64), "");
+    return v;
+}
+
+static int lower_norms(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const char *op = n->op->name;
+    lnspec s;
+    memset(&s, -1, sizeof s);
+    s.rms = 0;
+    s.eps = kiln_node_float(n, "epsilon");
+    const kiln_type *xt = vt(c, n->inputs[0]);
+#define OUT(o) (has_out(c, n, (o)) ? n->outputs[(o)] : -1)
+#define IN(i) (n->n_inputs > (i) ? n->inputs[(i)] : -1)
+    s.x = n->inputs[0];
+    s.y = n->outputs[0];
+    if (IS("LayerNormalization") || IS("RMSNormalization") || IS("SimplifiedLayerNormalization")) {
+        s.axis = (int)kiln_node_int(n, "axis");
+        if (s.axis < 0)
+            s.axis += xt->rank;
+        s.scale = n->inputs[1];
+        s.beta = IS("LayerNormalization") ? IN(2) : -1;
+        s.rms = !IS("LayerNormalization");
+        if (IS("LayerNormalization")) {
+            s.mean = OUT(1);
+            s.inv = OUT(2);
+        } else if (IS("SimplifiedLayerNormalization")) {
+            s.inv = OUT(1);
+        }
+    } else { /* SkipLayerNormalization / SkipSimplifiedLayerNormalization */
+        s.axis = xt->rank - 1;
+        s.skip = n->inputs[1];
+        s.scale = n->inputs[2];
+        s.rms = IS("SkipSimplifiedLayerNormalization");
+        s.beta = s.rms ? -1 : IN(3);
+        s.bias = s.rms ? IN(3) : IN(4);
+        s.mean = OUT(1);
+        s.inv = OUT(2);
+        s.sum = OUT(3);
+    }
+#undef OUT
+#undef IN
+    return lower_lnorm(c, ni, &s);
+}
+
+/* ---- BatchNormalization (inference), Instance/GroupNormalization ---- */
+
+static int lower_groupish(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const char *op = n->op->name;
+    const kiln_type *xt = vt(c, n->inputs[0]);
+    double eps = kiln_node_float(n, "epsilon");
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef b = c->b;
+    LLVMValueRef X = kc_ptr(&k, n->inputs[0]), Y = kc_ptr(&k, n->outputs[0]);
+    LLVMValueRef C = kc_dim(&k, xt->dims[1]), HW = prod_dims(&k, xt, 2, xt->rank);
+    ctype ct = CT_F64;
+    kiln_dim trip[2] = {xt->dims[0], xt->dims[1]};
+    int ntrip = 2;
+    if (IS("BatchNormalization")) {
+        /* row = (n, c): y = (x - mean[c]) / sqrt(var[c] + eps) * scale[c] + B[c] */
+        kc_loop lr;
+        LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "nc");
+        LLVMValueRef ch = LLVMBuildSRem(b, r, C, "");
+        LLVMValueRef sc = kc_load(&k, vt(c, n->inputs[1])->dtype, kc_ptr(&k, n->inputs[1]), ch, ct);
+        LLVMValueRef bi = kc_load(&k, vt(c, n->inputs[2])->dtype, kc_ptr(&k, n->inputs[2]), ch, ct);
+        LLVMValueRef mu = kc_load(&k, vt(c, n->inputs[3])->dtype, kc_ptr(&k, n->inputs[3]), ch, ct);
+        LLVMValueRef va = kc_load(&k, vt(c, n->inputs[4])->dtype, kc_ptr(&k, n->inputs[4]), ch, ct);
+        LLVMValueRef inv = LLVMBuildFDiv(b, kc_f(&k, ct, 1), kc_intr1(&k, "llvm.sqrt", LLVMBuildFAdd(b, va, kc_f(&k, ct, eps), "")), "");
+        kc_loop l;
+        LLVMValueRef j = kc_for(&k, &l, kc_i64(&k, 0), HW, "hw");
+        LLVMValueRef i = LLVMBuildAdd(b, LLVMBuildMul(b, r, HW, ""), j, "");
+        LLVMValueRef v = LLVMBuildFMul(b, LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, i, ct), mu, ""), inv, "");
+        kc_store(&k, xt->dtype, Y, i, LLVMBuildFAdd(b, LLVMBuildFMul(b, v, sc, ""), bi, ""), ct);
+        kc_for_end(&k, &l);
+        kc_for_end(&k, &lr);
+    } else {
+        /* groups of C/G channels: stats over (C/G)*HW values */
+        LLVMValueRef G = IS("InstanceNormalization") ? C : kc_i64(&k, kiln_node_int(n, "num_groups"));
+        LLVMValueRef cpg = LLVMBuildSDiv(b, C, G, "");
+        LLVMValueRef len = LLVMBuildMul(b, cpg, HW, "");
+        kc_loop lr;
+        LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "ng"); /* r = n*G + g */
+        LLVMValueRef base = LLVMBuildMul(b, r, len, "");
+        kc_loop l1;
+        LLVMValueRef j = kc_for(&k, &l1, kc_i64(&k, 0), len, "stat");
+        LLVMValueRef s1 = kc_phi(&k, &l1, kc_f(&k, ct, 0)), s2 = kc_phi(&k, &l1, kc_f(&k, ct, 0));
+        LLVMValueRef v = kc_load(&k, xt->dtype, X, LLVMBuildAdd(b, base, j, ""), ct);
+        kc_phi_next(&k, &l1, s1, LLVMBuildFAdd(b, s1, v, ""));
+        kc_phi_next(&k, &l1, s2, LLVMBuildFAdd(b, s2, LLVMBuildFMul(b, v, v, ""), ""));
+        kc_for_end(&k, &l1);
+        LLVMValueRef lf = LLVMBuildSIToFP(b, len, c->t_f64, "");
+        LLVMValueRef mean = LLVMBuildFDiv(b, s1, lf, "");
+        LLVMValueRef var = LLVMBuildFSub(b, LLVMBuildFDiv(b, s2, lf, ""), LLVMBuildFMul(b, mean, mean, ""), "");
+        LLVMValueRef inv = LLVMBuildFDiv(b, kc_f(&k, ct, 1), kc_intr1(&k, "llvm.sqrt", LLVMBuildFAdd(b, var, kc_f(&k, ct, eps), "")), "");
+        kc_loop l2;
+        LLVMValueRef j2 = kc_for(&k, &l2, kc_i64(&k, 0), len, "norm");
+        LLVMValueRef ch = LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildSRem(b, r, G, ""), cpg, ""), LLVMBuildSDiv(b, j2, HW, ""), "");
+        LLVMValueRef i = LLVMBuildAdd(b, base, j2, "");
+        LLVMValueRef o = LLVMBuildFMul(b, LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, i, ct), mean, ""), inv, "");
+        o = LLVMBuildFMul(b, o, kc_load(&k, vt(c, n->inputs[1])->dtype, kc_ptr(&k, n->inputs[1]), ch, ct), "");
+        o = LLVMBuildFAdd(b, o, kc_load(&k, vt(c, n->inputs[2])->dtype, kc_ptr(&k, n->inputs[2]), ch, ct), "");
+        kc_store(&k, xt->dtype, Y, i, o, ct);
+        kc_for_end(&k, &l2);
+        kc_for_end(&k, &lr);
+        if (!IS("InstanceNormalization")) {
+            trip[1] = kiln_node_int(n, "num_groups");
+        }
+    }
+    kc_end(&k);
+    cg_launch(c, k.fn, trip, ntrip, 1, ni);
+    return c->failed ? -1 : 0;
+}
+
+/* ---- RotaryEmbedding ---- */
+
+static int lower_rope(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const kiln_type *xt = vt(c, n->inputs[0]), *cst = vt(c, n->inputs[1]);
+    int four = xt->rank == 4;
+    int has_pos = n->n_inputs > 3 && n->inputs[3] >= 0;
+    int64_t Hattr = kiln_node_int(n, "num_heads");
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef b = c->b;
+    LLVMValueRef X = kc_ptr(&k, n->inputs[0]), Y = kc_ptr(&k, n->outputs[0]);
+    LLVMValueRef COS = kc_ptr(&k, n->inputs[1]), SIN = kc_ptr(&k, n->inputs[2]);
+    LLVMValueRef H, S, D;
+    if (four) {
+        H = kc_dim(&k, xt->dims[1]);
+        S = kc_dim(&k, xt->dims[2]);
+        D = kc_dim(&k, xt->dims[3]);
+    } else {
+        H = kc_i64(&k, Hattr);
+        S = kc_dim(&k, xt->dims[1]);
+        D = LLVMBuildSDiv(b, kc_dim(&k, xt->dims[2]), H, "");
+    }
+    int64_t rdv = kiln_node_int(n, "rotary_embedding_dim");
+    LLVMValueRef rd = rdv ? kc_i64(&k, rdv) : D;
+    LLVMValueRef half = LLVMBuildSDiv(b, rd, kc_i64(&k, 2), "");
+    int inter = kiln_node_int(n, "interleaved") != 0;
+    ctype ct = CT_F32;
+    /* outer iteration: (b, s) token */
+    kc_loop lt;
+    LLVMValueRef t = kc_for(&k, &lt, k.begin, k.end, "tok");
+    LLVMValueRef bb = LLVMBuildSDiv(b, t, S, ""), ss = LLVMBuildSRem(b, t, S, "");
+    LLVMValueRef row;
+    if (has_pos) {
+        const kiln_type *pt = vt(c, n->inputs[3]);
+        LLVMValueRef pb = KILN_DIM_IS_STATIC(pt->dims[0]) && pt->dims[0] == 1 ? kc_i64(&k, 0) : bb;
+        row = kc_load(&k, pt->dtype, kc_ptr(&k, n->inputs[3]), LLVMBuildAdd(b, LLVMBuildMul(b, pb, S, ""), ss, ""), CT_I64);
+    } else {
+        LLVMValueRef cb = KILN_DIM_IS_STATIC(cst->dims[0]) && cst->dims[0] == 1 ? kc_i64(&k, 0) : bb;
+        row = LLVMBuildAdd(b, LLVMBuildMul(b, cb, S, ""), ss, "");
+    }
+    kc_loop lh;
+    LLVMValueRef h = kc_for(&k, &lh, kc_i64(&k, 0), H, "head");
+    LLVMValueRef base = four ? LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, H, ""), h, ""), S, ""), ss, ""), D, "")
+                             : LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, S, ""), ss, ""), H, ""), h, ""), D, "");
+    kc_loop lk;
+    LLVMValueRef kk = kc_for(&k, &lk, kc_i64(&k, 0), half, "pair");
+    LLVMValueRef i1 = inter ? LLVMBuildMul(b, kk, kc_i64(&k, 2), "") : kk;
+    LLVMValueRef i2 = inter ? LLVMBuildAdd(b, i1, kc_i64(&k, 1), "") : LLVMBuildAdd(b, kk, half, "");
+    i1 = LLVMBuildAdd(b, base, i1, "");
+    i2 = LLVMBuildAdd(b, base, i2, "");
+    LLVMValueRef x1 = kc_load(&k, xt->dtype, X, i1, ct), x2 = kc_load(&k, xt->dtype, X, i2, ct);
+    LLVMValueRef ci = LLVMBuildAdd(b, LLVMBuildMul(b, row, half, ""), kk, "");
+    LLVMValueRef co = kc_load(&k, cst->dtype, COS, ci, ct), si = kc_load(&k, cst->dtype, SIN, ci, ct);
+    kc_store(&k, xt->dtype, Y, i1, LLVMBuildFSub(b, LLVMBuildFMul(b, co, x1, ""), LLVMBuildFMul(b, si, x2, ""), ""), ct);
+    kc_store(&k, xt->dtype, Y, i2, LLVMBuildFAdd(b, LLVMBuildFMul(b, si, x1, ""), LLVMBuildFMul(b, co, x2, ""), ""), ct);
+    kc_for_end(&k, &lk);
+    kc_loop lp;
+    LLVMValueRef d = kc_for(&k, &lp, rd, D, "pass");
+    LLVMValueRef id = LLVMBuildAdd(b, base, d, "");
+    kc_store(&k, xt->dtype, Y, id, kc_load(&k, xt->dtype, X, id, ct), ct);
+    kc_for_end(&k, &lp);
+    kc_for_end(&k, &lh);
+    kc_for_end(&k, &lt);
+    kc_end(&k);
+    kiln_dim trip[2] = {xt->dims[0], four ? xt->dims[2] : xt->dims[1]};
+    cg_launch(c, k.fn, trip, 2, 4, ni);
+    return c->failed ? -1 : 0;
+}
+
+/* ---- attention ---- */
+
+typedef struct attn {
+    int q, k, v, pk, pv, mask, nonpad; /* value ids, -1 absent */
+    int y, present_k, present_v, qk;   /* outputs, -1 absent */
+    int three;                         /* q/k/v are [B, S, H*D] */
+    kiln_dim B, Hq, Hkv, Sq, Skv, P, D, Dv;
+    double scale, softcap;
+    int causal;                        /* ONNX is_causal / GQA causal (both bottom-right) */
+    int64_t window, lw, rw;            /* GQA window; ONNX left/right windows (-1 off) */
+    int mode;                          /* ONNX qk_matmul_output_mode */
+    int mask_bool, mask_short;         /* ONNX: short masks pad "not allowed" */
+    int bias_bcast_last;
+    int is_gqa;
+} attn;
+
+/* present = concat(past, new) along the sequence axis, [B, H, T, D]. */
+static int lower_present(cg *c, int ni, const attn *a, int past, int cur, int out, kiln_dim Dd)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const kiln_type *ot = vt(c, out);
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef b = c->b;
+    LLVMValueRef H = kc_dim(&k, a->Hkv), T = kc_dim(&k, ot->dims[2]), D = kc_dim(&k, Dd);
+    LLVMValueRef P = past >= 0 ? kc_dim(&k, a->P) : kc_i64(&k, 0), S = kc_dim(&k, a->Skv);
+    LLVMValueRef O = kc_ptr(&k, out), C = kc_ptr(&k, cur), PP = past >= 0 ? kc_ptr(&k, past) : NULL;
+    kiln_dtype odt = ot->dtype;
+    kc_loop lr;
+    LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "bh"); /* r = b*H + h */
+    LLVMValueRef bb = LLVMBuildSDiv(b, r, H, ""), h = LLVMBuildSRem(b, r, H, "");
+    kc_loop lj;
+    LLVMValueRef j = kc_for(&k, &lj, kc_i64(&k, 0), T, "t");
+    LLVMValueRef obase = LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, r, T, ""), j, ""), D, "");
+    LLVMValueRef in_past = LLVMBuildICmp(b, LLVMIntSLT, j, P, "");
+    LLVMValueRef jn = LLVMBuildSub(b, j, P, "");
+    LLVMValueRef cbase = a->three ? LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, S, ""), jn, ""), H, ""), h, ""), D, "")
+                                  : LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, r, S, ""), jn, ""), D, "");
+    LLVMValueRef pbase = LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, r, P, ""), j, ""), D, "");
+    kc_loop ld;
+    LLVMValueRef d = kc_for(&k, &ld, kc_i64(&k, 0), D, "d");
+    LLVMValueRef v;
+    if (PP) {
+        /* branch-free: clamp indices so both loads are in bounds */
+        LLVMValueRef pi = LLVMBuildSelect(b, in_past, LLVMBuildAdd(b, pbase, d, ""), kc_i64(&k, 0), "");
+        LLVMValueRef ci = LLVMBuildSelect(b, in_past, kc_i64(&k, 0), LLVMBuildAdd(b, cbase, d, ""), "");
+        LLVMValueRef pv = kc_load(&k, vt(c, past)->dtype, PP, pi, CT_F32);
+        LLVMValueRef cv = kc_load(&k, vt(c, cur)->dtype, C, ci, CT_F32);
+        v = LLVMBuildSelect(b, in_past, pv, cv, "");
+    } else {
+        v = kc_load(&k, vt(c, cur)->dtype, C, LLVMBuildAdd(b, cbase, d, ""), CT_F32);
+    }
+    kc_store(&k, odt, O, LLVMBuildAdd(b, obase, d, ""), v, CT_F32);
+    kc_for_end(&k, &ld);
+    kc_for_end(&k, &lj);
+    kc_for_end(&k, &lr);
+    kc_end(&k);
+    kiln_dim trip[2] = {a->B, a->Hkv};
+    cg_launch(c, k.fn, trip, 2, 1, ni);
+    return c->failed ? -1 : 0;
+}
+
+/* Pointer+offset of key/value row j for (b, kv head g). */
+static LLVMValueRef kv_row(kc *k, const attn *a, int past, int cur, LLVMValueRef bb, LLVMValueRef g, LLVMValueRef j,
+                           LLVMValueRef P, LLVMValueRef S, LLVMValueRef Hk, LLVMValueRef D, LLVMValueRef *ptr)
+{
+    LLVMBuilderRef b = k->c->b;
+    LLVMValueRef jn = LLVMBuildSub(b, j, P, "");
+    LLVMValueRef coff = a->three ? LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, S, ""), jn, ""), Hk, ""), g, ""), D, "")
+                                 : LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Hk, ""), g, ""), S, ""), jn, ""), D, "");
+    LLVMValueRef cp = kc_ptr(k, cur);
+    if (past < 0) {
+        *ptr = cp;
+        return coff;
+    }
+    LLVMValueRef poff = LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Hk, ""), g, ""), P, ""), j, ""), D, "");
+    LLVMValueRef inp = LLVMBuildICmp(b, LLVMIntSLT, j, P, "");
+    *ptr = LLVMBuildSelect(b, inp, kc_ptr(k, past), cp, "");
+    return LLVMBuildSelect(b, inp, poff, coff, "");
+}
+
+static int lower_attn_core(cg *c, int ni, const attn *a)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const kiln_type *qt = vt(c, a->q), *kt = vt(c, a->k), *vtp = vt(c, a->v), *yt = vt(c, a->y);
+    int64_t Tmax = kiln_plan_dim(c->g, c->plan, kiln_dim_add(&c->g->syms, a->pk >= 0 ? a->P : 0, a->Skv));
+    int64_t Dvmax = kiln_plan_dim(c->g, c->plan, a->Dv);
+    if (Tmax < 0 || Dvmax < 0)
+        return cg_fail(c, n, "attention sizes unknown at compile time");
+    int f32kv = kt->dtype == KILN_F32 && vtp->dtype == KILN_F32 && qt->dtype == KILN_F32 &&
+                (a->pk < 0 || (vt(c, a->pk)->dtype == KILN_F32 && vt(c, a->pv)->dtype == KILN_F32));
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef b = c->b;
+    LLVMValueRef Hq = kc_dim(&k, a->Hq), Hk = kc_dim(&k, a->Hkv), Sq = kc_dim(&k, a->Sq), Skv = kc_dim(&k, a->Skv);
+    LLVMValueRef P = a->pk >= 0 ? kc_dim(&k, a->P) : kc_i64(&k, 0);
+    LLVMValueRef T = LLVMBuildAdd(b, P, Skv, ""), D = kc_dim(&k, a->D), Dv = kc_dim(&k, a->Dv);
+    LLVMValueRef grp = LLVMBuildSDiv(b, Hq, Hk, "");
+    LLVMValueRef w = kc_entry_alloca(&k, Tmax + 1);
+    LLVMValueRef acc = kc_entry_alloca(&k, Dvmax + KC_VW);
+    LLVMValueRef qrow = f32kv ? NULL : kc_entry_alloca(&k, kiln_plan_dim(c->g, c->plan, a->D) + 1);
+    LLVMValueRef Q = kc_ptr(&k, a->q), Y = kc_ptr(&k, a->y);
+    ctype ct = CT_F32;
+    kc_loop lr;
+    LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "bhi"); /* r = (b*Hq + h)*Sq + i */
+    LLVMValueRef i = LLVMBuildSRem(b, r, Sq, "");
+    LLVMValueRef bh = LLVMBuildSDiv(b, r, Sq, "");
+    LLVMValueRef h = LLVMBuildSRem(b, bh, Hq, ""), bb = LLVMBuildSDiv(b, bh, Hq, "");
+    LLVMValueRef g = LLVMBuildSDiv(b, h, grp, "");
+    LLVMValueRef qoff = a->three ? LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Sq, ""), i, ""), Hq, ""), h, ""), D, "")
+                                 : LLVMBuildMul(b, r, D, "");
+    LLVMValueRef qp = Q, qo = qoff;
+    if (!f32kv) {
+        kc_loop lc;
+        LLVMValueRef d = kc_for(&k, &lc, kc_i64(&k, 0), D, "qc");
+        kc_store(&k, KILN_F32, qrow, d, kc_load(&k, qt->dtype, Q, LLVMBuildAdd(b, qoff, d, ""), ct), ct);
+        kc_for_end(&k, &lc);
+        qp = qrow;
+        qo = kc_i64(&k, 0);
+    }
+    /* query position: past (or nonpad-derived offset) + i */
+    LLVMValueRef offset = P;
+    LLVMValueRef valid = T;
+    if (a->nonpad >= 0) {
+        valid = kc_load(&k, vt(c, a->nonpad)->dtype, kc_ptr(&k, a->nonpad), bb, CT_I64);
+        offset = LLVMBuildSub(b, valid, Sq, "");
+    }
+    LLVMValueRef pos = LLVMBuildAdd(b, offset, i, "");
+    LLVMValueRef moff = kc_i64(&k, 0), mst3 = kc_i64(&k, 0), M = kc_i64(&k, 0);
+    if (a->mask >= 0) {
+        const kiln_type *mt = vt(c, a->mask);
+        LLVMValueRef own[KILN_MAX_RANK];
+        kc_strides(&k, mt, own);
+        LLVMValueRef idx4[4] = {bb, h, i, kc_i64(&k, 0)};
+        for (int t = 0; t < 3; t++) {
+            int ax = t - (4 - mt->rank);
+            if (ax >= 0 && !(KILN_DIM_IS_STATIC(mt->dims[ax]) && mt->dims[ax] == 1))
+                moff = LLVMBuildAdd(b, moff, LLVMBuildMul(b, idx4[t], own[ax], ""), "");
+        }
+        int last = mt->rank - 1;
+        M = kc_dim(&k, mt->dims[last]);
+        mst3 = (KILN_DIM_IS_STATIC(mt->dims[last]) && mt->dims[last] == 1 && a->bias_bcast_last) ? kc_i64(&k, 0) : own[last];
+        if (!a->mask_short)
+            M = T; /* no padding: the mask covers (or broadcasts over) every key */
+    }
+    LLVMValueRef ninf = kc_f(&k, ct, -INFINITY);
+    /* scores */
+    kc_loop lj;
+    LLVMValueRef j = kc_for(&k, &lj, kc_i64(&k, 0), T, "key");
+    LLVMValueRef mx = kc_phi(&k, &lj, ninf);
+    LLVMValueRef kp;
+    LLVMValueRef ko = kv_row(&k, a, a->pk, a->k, bb, g, j, P, Skv, Hk, D, &kp);
+    LLVMValueRef s;
+    if (f32kv) {
+        s = kc_dot_f32(&k, qp, qo, kp, ko, D);
+    } else {
+        kc_loop ld;
+        LLVMValueRef d = kc_for(&k, &ld, kc_i64(&k, 0), D, "qk");
+        LLVMValueRef sa = kc_phi(&k, &ld, kc_f(&k, ct, 0));
+        kiln_dtype kdt = kt->dtype;
+        LLVMValueRef kv = kc_load(&k, kdt, kp, LLVMBuildAdd(b, ko, d, ""), ct);
+        kc_phi_next(&k, &ld, sa, LLVMBuildFAdd(b, sa, LLVMBuildFMul(b, kc_load(&k, KILN_F32, qp, LLVMBuildAdd(b, qo, d, ""), ct), kv, ""), ""));
+        kc_for_end(&k, &ld);
+        s = sa;
+    }
+    s = LLVMBuildFMul(b, s, kc_f(&k, ct, a->scale), "");
+    LLVMValueRef raw = s;
+    if (a->softcap > 0)
+        s = LLVMBuildFMul(b, kc_f(&k, ct, a->softcap), kc_libm1(&k, "tanh", LLVMBuildFDiv(b, s, kc_f(&k, ct, a->softcap), ""), ct), "");
+    LLVMValueRef capped = s;
+    LLVMValueRef masked = LLVMConstInt(c->t_i1, 0, 0);
+    if (a->causal)
+        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGT, j, pos, ""), "");
+    if (a->window > 0)
+        masked = LLVMBuildOr(b, masked, LLVMBuildOr(b, LLVMBuildICmp(b, LLVMIntSLE, j, LLVMBuildSub(b, pos, kc_i64(&k, a->window), ""), ""),
+                                                    LLVMBuildICmp(b, LLVMIntSGT, j, pos, ""), ""), "");
+    if (a->lw >= 0)
+        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGT, LLVMBuildSub(b, pos, j, ""), kc_i64(&k, a->lw), ""), "");
+    if (a->rw >= 0)
+        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGT, LLVMBuildSub(b, j, pos, ""), kc_i64(&k, a->rw), ""), "");
+    if (a->nonpad >= 0)
+        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGE, j, valid, ""), "");
+    if (a->mask >= 0) {
+        const kiln_type *mt = vt(c, a->mask);
+        LLVMValueRef beyond = LLVMBuildICmp(b, LLVMIntSGE, j, M, "");
+        LLVMValueRef mi = LLVMBuildSelect(b, beyond, kc_i64(&k, 0), LLVMBuildAdd(b, moff, LLVMBuildMul(b, j, mst3, ""), ""), "");
+        masked = LLVMBuildOr(b, masked, beyond, "");
+        if (a->mask_bool) {
+            LLVMValueRef mv = kc_load(&k, KILN_BOOL, kc_ptr(&k, a->mask), mi, CT_I64);
+            masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntEQ, mv, kc_i64(&k, 0), ""), "");
+        } else {
+            s = LLVMBuildFAdd(b, s, kc_load(&k, mt->dtype, kc_ptr(&k, a->mask), mi, ct), "");
+        }
+    }
+    s = LLVMBuildSelect(b, masked, ninf, s, "");
+    if (a->qk >= 0 && a->mode < 3) {
+        LLVMValueRef qo2 = LLVMBuildAdd(b, LLVMBuildMul(b, r, T, ""), j, "");
+        kc_store(&k, vt(c, a->qk)->dtype, kc_ptr(&k, a->qk), qo2, a->mode == 0 ? raw : a->mode == 1 ? capped : s, ct);
+    }
+    kc_store(&k, KILN_F32, w, j, s, ct);
+    LLVMValueRef gt = LLVMBuildFCmp(b, LLVMRealOGT, s, mx, "");
+    kc_phi_next(&k, &lj, mx, LLVMBuildSelect(b, gt, s, mx, ""));
+    kc_for_end(&k, &lj);
+    /* softmax; a row with every key masked gives zeros */
+    LLVMValueRef allm = LLVMBuildFCmp(b, LLVMRealOEQ, mx, ninf, "");
+    LLVMValueRef m0 = LLVMBuildSelect(b, allm, kc_f(&k, ct, 0), mx, "");
+    kc_loop le;
+    LLVMValueRef j2 = kc_for(&k, &le, kc_i64(&k, 0), T, "exp");
+    LLVMValueRef sum = kc_phi(&k, &le, kc_f(&k, CT_F32, 0));
+    LLVMValueRef e = kc_intr1(&k, "llvm.exp", LLVMBuildFSub(b, kc_load(&k, KILN_F32, w, j2, ct), m0, ""));
+    kc_store(&k, KILN_F32, w, j2, e, ct);
+    kc_phi_next(&k, &le, sum, LLVMBuildFAdd(b, sum, e, ""));
+    kc_for_end(&k, &le);
+    LLVMValueRef invs = LLVMBuildSelect(b, allm, kc_f(&k, ct, 0), LLVMBuildFDiv(b, kc_f(&k, ct, 1), sum, ""), "");
+    /* acc = Σ p_j v_j */
+    kc_loop lz;
+    LLVMValueRef dz = kc_for(&k, &lz, kc_i64(&k, 0), Dv, "z");
+    kc_store(&k, KILN_F32, acc, dz, kc_f(&k, ct, 0), ct);
+    kc_for_end(&k, &lz);
+    kc_loop lv;
+    LLVMValueRef j3 = kc_for(&k, &lv, kc_i64(&k, 0), T, "val");
+    LLVMValueRef p = LLVMBuildFMul(b, kc_load(&k, KILN_F32, w, j3, ct), invs, "");
+    if (a->qk >= 0 && a->mode == 3)
+        kc_store(&k, vt(c, a->qk)->dtype, kc_ptr(&k, a->qk), LLVMBuildAdd(b, LLVMBuildMul(b, r, T, ""), j3, ""), p, ct);
+    LLVMValueRef vp;
+    LLVMValueRef vo = kv_row(&k, a, a->pv, a->v, bb, g, j3, P, Skv, Hk, Dv, &vp);
+    kc_loop ld2;
+    LLVMValueRef d2 = kc_for(&k, &ld2, kc_i64(&k, 0), Dv, "vd");
+    LLVMValueRef vv = kc_load(&k, f32kv ? KILN_F32 : vtp->dtype, vp, LLVMBuildAdd(b, vo, d2, ""), ct);
+    LLVMValueRef av = kc_load(&k, KILN_F32, acc, d2, ct);
+    kc_store(&k, KILN_F32, acc, d2, LLVMBuildFAdd(b, av, LLVMBuildFMul(b, p, vv, ""), ""), ct);
+    kc_for_end(&k, &ld2);
+    kc_for_end(&k, &lv);
+    LLVMValueRef yoff = a->three ? LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Sq, ""), i, ""), Hq, ""), h, ""), Dv, "")
+                                 : LLVMBuildMul(b, r, Dv, "");
+    kc_loop lo;
+    LLVMValueRef d3 = kc_for(&k, &lo, kc_i64(&k, 0), Dv, "yo");
+    kc_store(&k, yt->dtype, Y, LLVMBuildAdd(b, yoff, d3, ""), kc_load(&k, KILN_F32, acc, d3, ct), ct);
+    kc_for_end(&k, &lo);
+    kc_for_end(&k, &lr);
+    kc_end(&k);
+    kiln_dim trip[3] = {a->B, a->Hq, a->Sq};
+    cg_launch(c, k.fn, trip, 3, 1, ni);
+    return c->failed ? -1 : 0;
+}
+
+static int lower_attention(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const char *op = n->op->name;
+    attn a;
+    memset(&a, 0, sizeof a);
+    a.pk = a.pv = a.mask = a.nonpad = a.present_k = a.present_v = a.qk = -1;
+    a.lw = a.rw = -1;
+    a.q = n->inputs[0];
+    a.k = n->inputs[1];
+    a.v = n->inputs[2];
+    a.y = n->outputs[0];
+    const kiln_type *qt = vt(c, a.q), *kt = vt(c, a.k), *vv = vt(c, a.v);
+#define IN(i) (n->n_inputs > (i) && n->inputs[(i)] >= 0 ? n->inputs[(i)] : -1)
+#define OUT(o) (has_out(c, n, (o)) ? n->outputs[(o)] : -1)
+    a.B = qt->dims[0];
+    if (IS("GQAttention")) {
+        a.is_gqa = 1;
+        a.three = 1;
+        a.Hq = kiln_node_int(n, "num_heads");
+        a.Hkv = kiln_node_int(n, "kv_num_heads");
+        a.pk = IN(3);
+        a.pv = IN(4);
+        a.mask = IN(5);
+        a.bias_bcast_last = 1;
+        a.causal = kiln_node_int(n, "causal") != 0;
+        a.window = kiln_node_int(n, "window");
+        a.softcap = kiln_node_float(n, "softcap");
+        a.scale = kiln_node_float(n, "scale");
+    } else {
+        a.three = qt->rank == 3;
+        a.mask = IN(3);
+        a.pk = IN(4);
+        a.pv = IN(5);
+        a.nonpad = IN(6);
+        a.causal = kiln_node_int(n, "is_causal") != 0;
+        a.softcap = kiln_node_float(n, "softcap");
+        a.lw = kiln_node_int(n, "left_window_size");
+        a.rw = kiln_node_int(n, "right_window_size");
+        a.mode = (int)kiln_node_int(n, "qk_matmul_output_mode");
+        a.qk = OUT(3);
+        a.mask_short = 1;
+        if (a.three) {
+            a.Hq = kiln_node_int(n, "q_num_heads");
+            a.Hkv = kiln_node_int(n, "kv_num_heads");
+        } else {
+            a.Hq = qt->dims[1];
+            a.Hkv = kt->dims[1];
+        }
+        a.scale = kiln_node_has_attr(n, "scale") ? kiln_node_float(n, "scale") : 0;
+    }
+    a.present_k = OUT(1);
+    a.present_v = OUT(2);
+#undef IN
+#undef OUT
+    if (a.mask >= 0)
+        a.mask_bool = vt(c, a.mask)->dtype == KILN_BOOL;
+    if (a.three) {
+        a.Sq = qt->dims[1];
+        a.Skv = kt->dims[1];
+        a.D = kiln_dim_div(&c->g->syms, qt->dims[2], a.Hq);
+        a.Dv = kiln_dim_div(&c->g->syms, vv->dims[2], a.Hkv);
+    } else {
+        a.Sq = qt->dims[2];
+        a.Skv = kt->dims[2];
+        a.D = qt->dims[3];
+        a.Dv = vv->dims[3];
+    }
+    if (!KILN_DIM_IS_STATIC(a.D))
+        return cg_fail(c, n, "attention head size must be static");
+    a.P = a.pk >= 0 ? vt(c, a.pk)->dims[2] : 0;
+    if (a.scale == 0)
+        a.scale = 1.0 / sqrt((double)a.D);
+    if (a.present_k >= 0 && lower_present(c, ni, &a, a.pk, a.k, a.present_k, a.D))
+        return -1;
+    if (a.present_v >= 0 && lower_present(c, ni, &a, a.pv, a.v, a.present_v, a.Dv))
+        return -1;
+    return lower_attn_core(c, ni, &a);
+}
+
+int cg_lower_nn(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const char *op = n->op->name;
+    if (IS("Softmax") || IS("LogSoftmax") || IS("Hardmax"))
+        return lower_softmax(c, ni);
+    if (IS("LayerNormalization") || IS("RMSNormalization") || IS("SimplifiedLayerNormalization") ||
+        IS("SkipLayerNormalization") || IS("SkipSimplifiedLayerNormalization"))
+        return lower_norms(c, ni);
+    if (IS("BatchNormalization") || IS("InstanceNormalization") || IS("GroupNormalization"))
+        return lower_groupish(c, ni);
+    if (IS("RotaryEmbedding"))
+        return lower_rope(c, ni);
+    if (IS("Attention") || IS("GQAttention"))
+        return lower_attention(c, ni);
+    return cg_fail(c, n, "no CPU lowering for %s", op);
+}

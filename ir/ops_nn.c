@@ -661,7 +661,7 @@ static int rope_infer(kiln_infer_ctx *c)
                         "got rank %d", x->rank);
     if (heads < 0 || rd < 0)
         return OPERR(c, "num_heads and rotary_embedding_dim must be non-negative");
-    kiln_dim B = x->dims[0], S, D;
+    kiln_dim B = x->dims[0], S, D = KILN_DIM_ANY;
     if (x->rank == 4) {
         S = x->dims[2];
         D = x->dims[3];

@@ -31,7 +31,7 @@ static int lower_cumsum(cg *c, int ni)
 {
     const kiln_node *n = &c->g->nodes[ni];
     const kiln_type *xt = vt(c, n->inputs[0]);
-    int axis;
+    int axis = 0;
     if (const_axis(c, n, 1, xt->rank, &axis))
         return -1;
     int excl = (int)kiln_node_int(n, "exclusive"), rev = (int)kiln_node_int(n, "reverse");

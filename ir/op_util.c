@@ -181,3 +181,126 @@ int kiln_require_float(kiln_infer_ctx *c, int i)
                      c->in[i] ? kiln_dtype_name(c->in[i]->dtype) : "nothing");
     return 0;
 }
+
+/* ---- known contents of shape-like vectors ---- */
+
+kiln_dim kiln_sv_lit(int64_t v)
+{
+    if (v >= 0)
+        return v;
+    if (v < -KILN_SV_LIT_SPAN)
+        return KILN_DIM_ANY;
+    return KILN_DIM_ANY - v; /* -1 -> INT64_MIN + 1, ... */
+}
+
+int kiln_sv_int(kiln_dim d, int64_t *v)
+{
+    if (d >= 0) {
+        *v = d;
+        return 1;
+    }
+    if (d != KILN_DIM_ANY && d <= KILN_DIM_ANY + KILN_SV_LIT_SPAN) {
+        *v = KILN_DIM_ANY - d;
+        return 1;
+    }
+    return 0;
+}
+
+int kiln_sv_is_dim(kiln_dim d)
+{
+    return d >= 0 || (d != KILN_DIM_ANY && d > KILN_DIM_ANY + KILN_SV_LIT_SPAN);
+}
+
+int kiln_infer_vec(const kiln_infer_ctx *c, int i, kiln_dim *d, int max)
+{
+    if (i >= c->n_inputs || !c->in[i])
+        return -1;
+    const kiln_tensor *t = c->in_val[i];
+    if (t && kiln_dtype_is_intlike(t->dtype)) {
+        int64_t n = kiln_tensor_numel(t);
+        if (n > max)
+            return -2;
+        for (int64_t k = 0; k < n; k++)
+            d[k] = kiln_sv_lit(kiln_tensor_get_i64(t, k));
+        return (int)n;
+    }
+    if (c->in_sym[i]) {
+        if (c->in_sym_n[i] > max)
+            return -2;
+        memcpy(d, c->in_sym[i], sizeof(kiln_dim) * (size_t)c->in_sym_n[i]);
+        return c->in_sym_n[i];
+    }
+    return -1;
+}
+
+int kiln_infer_ivec(const kiln_infer_ctx *c, int i, int64_t *v, int max)
+{
+    if (i >= c->n_inputs || !c->in[i])
+        return -1;
+    const kiln_tensor *t = c->in_val[i];
+    if (t) {
+        if (kiln_dtype_get(t->dtype)->is_quant)
+            return -1;
+        int64_t n = kiln_tensor_numel(t);
+        if (n > max)
+            return -2;
+        for (int64_t k = 0; k < n; k++)
+            v[k] = kiln_tensor_get_i64(t, k);
+        return (int)n;
+    }
+    if (c->in_sym[i]) {
+        if (c->in_sym_n[i] > max)
+            return -2;
+        for (int k = 0; k < c->in_sym_n[i]; k++)
+            if (!kiln_sv_int(c->in_sym[i][k], &v[k]))
+                return -1;
+        return c->in_sym_n[i];
+    }
+    return -1;
+}
+
+/* ---- element copies ---- */
+
+void kiln_copy_elem(kiln_tensor *dst, int64_t di, const kiln_tensor *src, int64_t si)
+{
+    const kiln_dtype_info *inf = kiln_dtype_get(dst->dtype);
+    if (inf->block_elems == 1) {
+        size_t es = (size_t)inf->block_bytes;
+        memcpy((char *)dst->data + (size_t)di * es, (const char *)src->data + (size_t)si * es, es);
+    } else {
+        kiln_store_i64(dst->dtype, dst->data, di, kiln_load_i64(src->dtype, src->data, si));
+    }
+}
+
+void kiln_copy_elems(kiln_tensor *dst, int64_t di, const kiln_tensor *src, int64_t si, int64_t n)
+{
+    const kiln_dtype_info *inf = kiln_dtype_get(dst->dtype);
+    if (n <= 0)
+        return;
+    if (inf->block_elems == 1) {
+        size_t es = (size_t)inf->block_bytes;
+        memcpy((char *)dst->data + (size_t)di * es, (const char *)src->data + (size_t)si * es,
+               es * (size_t)n);
+        return;
+    }
+    for (int64_t k = 0; k < n; k++)
+        kiln_store_i64(dst->dtype, dst->data, di + k, kiln_load_i64(src->dtype, src->data, si + k));
+}
+
+int kiln_require_unquant(kiln_infer_ctx *c, int i)
+{
+    if (!c->in[i])
+        return OPERR(c, "input %d is absent", i);
+    if (kiln_dtype_get(c->in[i]->dtype)->is_quant)
+        return OPERR(c, "input %d: block-quantized %s needs Dequantize first", i,
+                     kiln_dtype_name(c->in[i]->dtype));
+    return 0;
+}
+
+int kiln_require_int(kiln_infer_ctx *c, int i, const char *what)
+{
+    if (!c->in[i] || !kiln_dtype_get(c->in[i]->dtype)->is_int)
+        return OPERR(c, "%s must be an integer tensor, got %s", what,
+                     c->in[i] ? kiln_dtype_name(c->in[i]->dtype) : "nothing");
+    return 0;
+}

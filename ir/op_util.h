@@ -56,4 +56,36 @@ int kiln_check_attrs(const kiln_op_def *op, const kiln_attr *attrs, int n, const
 /* Attribute checks common to many ops. */
 int kiln_require_float(kiln_infer_ctx *c, int i);
 
+/* ---- known contents of shape-like vectors (ops_shape.c, ops_misc.c) ----
+ * A value's symval holds dim codes: sizes >= 0, symbolic dims, KILN_DIM_ANY
+ * for an unknown entry. Shape vectors also carry literal negatives (-1 in a
+ * Reshape target, negative axes or starts), which have no dim code, so they
+ * are stored as codes just above KILN_DIM_ANY that no symbol table reaches.
+ * kiln_infer_dims/kiln_infer_ints do not decode these; the helpers below do. */
+#define KILN_SV_LIT_SPAN ((int64_t)1 << 40)
+/* Code for literal integer v; KILN_DIM_ANY if v < -KILN_SV_LIT_SPAN. */
+kiln_dim kiln_sv_lit(int64_t v);
+/* 1 and *v set if code d is a literal integer (a static size or an encoded
+ * negative); 0 for symbolic and unknown entries. */
+int kiln_sv_int(kiln_dim d, int64_t *v);
+/* 1 if d is a dim usable in kiln_dim_* arithmetic (static or symbolic). */
+int kiln_sv_is_dim(kiln_dim d);
+/* Known contents of input i as codes (from its value when integer, or from
+ * its recorded symval). Returns the count, -1 if unknown, -2 if over max. */
+int kiln_infer_vec(const kiln_infer_ctx *c, int i, kiln_dim *d, int max);
+/* Known contents of input i as exact integers (all entries literal). Values
+ * come from the tensor itself when known, so INT64_MIN/MAX survive. */
+int kiln_infer_ivec(const kiln_infer_ctx *c, int i, int64_t *v, int max);
+
+/* ---- element copies for data-movement kernels ----
+ * Work for every non-block dtype: byte-sized elements by memcpy, packed
+ * i4/u4 through the _i64 forms. */
+void kiln_copy_elem(kiln_tensor *dst, int64_t di, const kiln_tensor *src, int64_t si);
+/* n consecutive elements. */
+void kiln_copy_elems(kiln_tensor *dst, int64_t di, const kiln_tensor *src, int64_t si, int64_t n);
+/* Error unless input i is present and not block-quantized. */
+int kiln_require_unquant(kiln_infer_ctx *c, int i);
+/* Error unless input i is a present integer tensor (int32/int64 ...). */
+int kiln_require_int(kiln_infer_ctx *c, int i, const char *what);
+
 #endif

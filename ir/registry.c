@@ -10,10 +10,12 @@ extern const kiln_op_def *const kiln_ops_reduce[];
 extern const kiln_op_def *const kiln_ops_linalg[];
 extern const kiln_op_def *const kiln_ops_nn[];
 extern const kiln_op_def *const kiln_ops_misc[];
+extern const kiln_op_def *const kiln_ops_lm[];
 
 static const kiln_op_def *const *const families[] = {
     kiln_ops_elementwise, kiln_ops_shape, kiln_ops_reduce,
     kiln_ops_linalg,      kiln_ops_nn,    kiln_ops_misc,
+    kiln_ops_lm,
 };
 
 #define N_FAMILIES (int)(sizeof families / sizeof *families)

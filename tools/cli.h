@@ -19,6 +19,9 @@ int kiln_cmd_ir(int argc, char **argv);
 int kiln_cmd_eval(int argc, char **argv);
 int kiln_cmd_ops(int argc, char **argv);
 int kiln_cmd_build(int argc, char **argv);
+int kiln_cmd_tokenize(int argc, char **argv);
+int kiln_cmd_run(int argc, char **argv);
+int kiln_cmd_conformance(int argc, char **argv);
 
 /* Loads a model of any supported format (by extension / directory) into a
  * graph. NULL with err set on failure. */

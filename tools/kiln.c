@@ -16,6 +16,14 @@ static const kiln_cmd commands[] = {
      "[--emit-obj FILE] [--keep-temps] [-v]"},
     {"ops", kiln_cmd_ops, "list the op registry (--markdown for the IR reference table)",
      "kiln ops [--markdown]"},
+    {"tokenize", kiln_cmd_tokenize, "encode text to token ids or decode ids, with a model's tokenizer",
+     "kiln tokenize MODEL_OR_TOKENIZER [TEXT | --file F] [--ids | --pieces | --decode 1,2,3 [--stream]]\n"
+     "       [--chat [--system S] | --chat-text] [--no-special] [--no-parse-special] [--skip-special]\n"
+     "       [--save FILE.ktok] [--info] [--time] [--batch] [--normalize]"},
+    {"run", kiln_cmd_run, "greedy decoding of an LM with the reference interpreter (the oracle)",
+     "kiln run MODEL --ids 1,2,3 [-n N] [--logits out.npy]"},
+    {"conformance", kiln_cmd_conformance, "run ONNX backend node tests with the reference interpreter",
+     "kiln conformance DIR [--json OUT.json] [--filter SUBSTR] [--timeout SEC] [--mem-limit-mb MB] [-v]"},
 };
 
 #define N_COMMANDS (int)(sizeof commands / sizeof *commands)

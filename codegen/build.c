@@ -267,7 +267,11 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
             argv[a++] = wobj;
         if (!o->shared)
             argv[a++] = (char *)o->rt_main;
+        if (o->shared) /* the library exports the whole kiln.h API */
+            argv[a++] = "-Wl,--whole-archive";
         argv[a++] = (char *)o->rt_lib;
+        if (o->shared)
+            argv[a++] = "-Wl,--no-whole-archive";
         argv[a++] = "-lm";
         argv[a++] = "-lpthread";
         argv[a++] = "-ldl";

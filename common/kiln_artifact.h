@@ -84,7 +84,7 @@ typedef struct kiln_desc {
     int64_t bos, eos, eot; /* -1 when absent */
     int64_t max_ctx;
     kiln_kv_desc kv;
-    /* tokenizer blob (runtime/kiln_tokenizer.h format), may be empty */
+    /* tokenizer blob (common/kiln_tokenizer.h format), may be empty */
     const uint8_t *tokenizer;
     uint64_t tokenizer_bytes;
 } kiln_desc;

@@ -1,6 +1,6 @@
 /* tokenizer_import.c - converts a model's tokenizer (Hugging Face
  * tokenizer.json or GGUF tokenizer.ggml.* metadata) into the compact blob
- * the runtime reads (layout: runtime/kiln_tokenizer.h, docs/tokenizers.md).
+ * the runtime reads (layout: common/kiln_tokenizer.h, docs/tokenizers.md).
  *
  * Everything the runtime would otherwise compute at load time is done here:
  * byte-level vocabularies are turned back into raw bytes, merges become
@@ -9,7 +9,7 @@
  * tables. Anything kiln cannot reproduce exactly is refused with an error
  * naming it, rather than silently tokenizing differently. */
 #include "kiln_tokenizer_import.h"
-#include "../runtime/kiln_tokenizer.h" /* blob format + the runtime checks it */
+#include "kiln_tokenizer.h" /* blob format + the runtime checks it */
 
 #include "cJSON.h"
 

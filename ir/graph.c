@@ -57,6 +57,16 @@ void kiln_tensor_alloc(kiln_tensor *t, kiln_dtype dt, int rank, const int64_t *d
     t->owned = 1;
 }
 
+void kiln_tensor_align(kiln_tensor *t)
+{
+    if (t->owned || !t->data || ((uintptr_t)t->data % 16) == 0)
+        return;
+    void *p = kiln_xmalloc(t->nbytes + 16);
+    memcpy(p, t->data, t->nbytes);
+    t->data = p;
+    t->owned = 1;
+}
+
 void kiln_tensor_free(kiln_tensor *t)
 {
     if (t->owned)
@@ -482,8 +492,10 @@ static int prepare_infer(kiln_graph *g, const kiln_node *n, kiln_infer_ctx *c, k
          * cannot be read just leaves the value unknown (the verifier reports it) */
         if ((v->kind == KILN_VAL_CONST || v->kind == KILN_VAL_WEIGHT) &&
             kiln_type_numel(&v->type) >= 0 && kiln_type_numel(&v->type) <= KNOWN_VALUE_LIMIT &&
-            kiln_graph_value_tensor(g, vid, &vals[i], NULL) == 0)
+            kiln_graph_value_tensor(g, vid, &vals[i], NULL) == 0) {
+            kiln_tensor_align(&vals[i]);
             c->in_val[i] = &vals[i];
+        }
         if (v->symval) {
             c->in_sym[i] = v->symval;
             c->in_sym_n[i] = v->symval_n;
@@ -492,6 +504,13 @@ static int prepare_infer(kiln_graph *g, const kiln_node *n, kiln_infer_ctx *c, k
     for (int i = 0; i < n->n_outputs; i++)
         c->out[i].dtype = KILN_DT_INVALID;
     return 0;
+}
+
+static void free_vals(kiln_infer_ctx *c, kiln_tensor *vals)
+{
+    for (int i = 0; i < c->n_inputs; i++)
+        if (c->in_val[i])
+            kiln_tensor_free(&vals[i]);
 }
 
 static void free_out_sym(kiln_infer_ctx *c)
@@ -526,7 +545,9 @@ int kiln_infer_node(kiln_graph *g, int ni, int apply, kiln_err *err)
     kiln_tensor vals[KILN_MAX_OP_INPUTS];
     if (prepare_infer(g, n, &c, vals, err))
         return kiln_err_prefix(err, "%s: ", label);
-    if (n->op->infer(&c)) {
+    int irc = n->op->infer(&c);
+    free_vals(&c, vals);
+    if (irc) {
         free_out_sym(&c);
         return kiln_err_prefix(err, "%s: ", label);
     }
@@ -589,9 +610,13 @@ int kiln_graph_add_node(kiln_graph *g, const char *opname, const char *node_name
     }
     if (kiln_check_attrs(op, attrs, n_attrs, label, err))
         return -1;
-    for (int i = 0; i < n_outputs; i++)
+    for (int i = 0; i < n_outputs; i++) {
         if (out_names && out_names[i] && kiln_graph_find(g, out_names[i]) >= 0)
             return kiln_errf(err, "%s: output %%%s already defined", label, out_names[i]);
+        for (int j = 0; out_names && out_names[i] && j < i; j++)
+            if (out_names[j] && !strcmp(out_names[i], out_names[j]))
+                return kiln_errf(err, "%s: output %%%s named twice", label, out_names[i]);
+    }
 
     /* build the node, infer, then commit outputs */
     if (g->n_nodes == g->cap_nodes) {
@@ -619,7 +644,11 @@ int kiln_graph_add_node(kiln_graph *g, const char *opname, const char *node_name
 
     kiln_infer_ctx c;
     kiln_tensor vals[KILN_MAX_OP_INPUTS];
-    if (prepare_infer(g, n, &c, vals, err) || op->infer(&c)) {
+    memset(vals, 0, sizeof vals);
+    int prc = prepare_infer(g, n, &c, vals, err);
+    int irc = prc ? -1 : op->infer(&c);
+    free_vals(&c, vals);
+    if (prc || irc) {
         free_out_sym(&c);
         node_clear(n);
         return kiln_err_prefix(err, "%s: ", label);

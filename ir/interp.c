@@ -140,6 +140,7 @@ int kiln_interp_run(kiln_graph *g, const kiln_tensor *inputs, kiln_tensor *outpu
         if (v->kind == KILN_VAL_CONST || v->kind == KILN_VAL_WEIGHT) {
             if (kiln_graph_value_tensor(g, i, &vals[i], err))
                 goto out;
+            kiln_tensor_align(&vals[i]);
             have[i] = 1;
         }
     }

@@ -96,6 +96,10 @@ int64_t kiln_tensor_numel(const kiln_tensor *t);
 /* Allocates zeroed storage for the given shape; t->owned = 1. */
 void kiln_tensor_alloc(kiln_tensor *t, kiln_dtype dt, int rank, const int64_t *dims);
 void kiln_tensor_free(kiln_tensor *t);
+/* Replaces a view whose data is not 16-byte aligned (a weight at an odd
+ * offset inside a model file) with an owned aligned copy, so kernels may
+ * read it through typed pointers. */
+void kiln_tensor_align(kiln_tensor *t);
 /* Element i as double (dequantizing block formats row by row is the
  * caller's job: this returns NaN for them). */
 double kiln_tensor_get(const kiln_tensor *t, int64_t i);

@@ -63,50 +63,18 @@ int kiln_bcast_type(kiln_infer_ctx *c, const kiln_type *a, const kiln_type *b, k
 
 int kiln_infer_ints(const kiln_infer_ctx *c, int i, int64_t *vals, int max)
 {
-    if (i >= c->n_inputs)
-        return -1;
-    const kiln_tensor *t = c->in_val[i];
-    if (t) {
-        int64_t n = kiln_tensor_numel(t);
-        if (n > max)
-            return -2;
-        for (int64_t k = 0; k < n; k++)
-            vals[k] = kiln_tensor_get_i64(t, k);
-        return (int)n;
-    }
-    if (c->in_sym[i]) {
-        if (c->in_sym_n[i] > max)
-            return -2;
-        for (int k = 0; k < c->in_sym_n[i]; k++) {
-            if (!KILN_DIM_IS_STATIC(c->in_sym[i][k]))
-                return -1;
-            vals[k] = c->in_sym[i][k];
-        }
-        return c->in_sym_n[i];
-    }
-    return -1;
+    return kiln_infer_ivec(c, i, vals, max);
 }
 
+/* Like kiln_infer_vec, but entries that are not dims (negative literals)
+ * read as KILN_DIM_ANY so they can never be mistaken for a symbol. */
 int kiln_infer_dims(const kiln_infer_ctx *c, int i, kiln_dim *dims, int max)
 {
-    if (i >= c->n_inputs)
-        return -1;
-    const kiln_tensor *t = c->in_val[i];
-    if (t) {
-        int64_t n = kiln_tensor_numel(t);
-        if (n > max)
-            return -2;
-        for (int64_t k = 0; k < n; k++)
-            dims[k] = kiln_tensor_get_i64(t, k);
-        return (int)n;
-    }
-    if (c->in_sym[i]) {
-        if (c->in_sym_n[i] > max)
-            return -2;
-        memcpy(dims, c->in_sym[i], sizeof(kiln_dim) * (size_t)c->in_sym_n[i]);
-        return c->in_sym_n[i];
-    }
-    return -1;
+    int n = kiln_infer_vec(c, i, dims, max);
+    for (int k = 0; k < n; k++)
+        if (!kiln_sv_is_dim(dims[k]))
+            dims[k] = KILN_DIM_ANY;
+    return n;
 }
 
 void kiln_infer_set_sym(kiln_infer_ctx *c, int o, const kiln_dim *d, int n)

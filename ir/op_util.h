@@ -61,7 +61,7 @@ int kiln_require_float(kiln_infer_ctx *c, int i);
  * for an unknown entry. Shape vectors also carry literal negatives (-1 in a
  * Reshape target, negative axes or starts), which have no dim code, so they
  * are stored as codes just above KILN_DIM_ANY that no symbol table reaches.
- * kiln_infer_dims/kiln_infer_ints do not decode these; the helpers below do. */
+ * kiln_infer_ints decodes them; kiln_infer_dims turns them into KILN_DIM_ANY. */
 #define KILN_SV_LIT_SPAN ((int64_t)1 << 40)
 /* Code for literal integer v; KILN_DIM_ANY if v < -KILN_SV_LIT_SPAN. */
 kiln_dim kiln_sv_lit(int64_t v);

@@ -35,6 +35,44 @@ typedef struct ew_impl {
 
 /* ---- inference ---- */
 
+/* Integer arithmetic on vectors whose contents are known (shape math such
+ * as past+arange(seq), or seq-1 for a causal mask slice) keeps the contents,
+ * so later Reshape/Range/Slice see symbolic sizes. */
+static void sym_arith(kiln_infer_ctx *c)
+{
+    const char *op = c->node->op->name;
+    int kind = !strcmp(op, "Add") ? 0 : !strcmp(op, "Sub") ? 1 : !strcmp(op, "Mul") ? 2
+             : !strcmp(op, "Div") ? 3 : -1;
+    if (kind < 0 || c->n_inputs != 2 || !kiln_dtype_get(c->in[0]->dtype)->is_int)
+        return;
+    if (c->in[0]->rank > 1 || c->in[1]->rank > 1 || c->in[0]->rank < 0 || c->in[1]->rank < 0)
+        return;
+    kiln_dim a[64], b[64], r[64];
+    int na = kiln_infer_vec(c, 0, a, 64), nb = kiln_infer_vec(c, 1, b, 64);
+    if (na < 0 || nb < 0 || (na != nb && na != 1 && nb != 1))
+        return;
+    int n = na > nb ? na : nb;
+    int has_sym = 0;
+    for (int i = 0; i < n; i++) {
+        kiln_dim x = a[na == 1 ? 0 : i], y = b[nb == 1 ? 0 : i];
+        int64_t xi, yi;
+        if (kiln_sv_int(x, &xi) && kiln_sv_int(y, &yi)) {
+            int64_t v = kind == 0 ? xi + yi : kind == 1 ? xi - yi : kind == 2 ? xi * yi
+                      : (yi ? xi / yi : 0);
+            r[i] = kiln_sv_lit(v);
+        } else if (kiln_sv_is_dim(x) && kiln_sv_is_dim(y)) {
+            r[i] = kind == 0 ? kiln_dim_add(c->syms, x, y) : kind == 1 ? kiln_dim_sub(c->syms, x, y)
+                 : kind == 2 ? kiln_dim_mul(c->syms, x, y) : kiln_dim_div(c->syms, x, y);
+            has_sym = 1;
+        } else {
+            r[i] = KILN_DIM_ANY;
+        }
+    }
+    (void)has_sym;
+    /* a scalar result keeps the rank-0 shape; contents are still one entry */
+    kiln_infer_set_sym(c, 0, r, n);
+}
+
 static int ew_infer(kiln_infer_ctx *c)
 {
     const ew_impl *im = c->node->op->impl;
@@ -66,6 +104,7 @@ static int ew_infer(kiln_infer_ctx *c)
     }
     r.dtype = im->out_bool ? KILN_BOOL : a->dtype;
     c->out[0] = r;
+    sym_arith(c);
     return 0;
 }
 
@@ -367,7 +406,9 @@ UNARY_A(celu, "Celu", EW_FLOAT, f_celu, attrs_alpha1, "max(0,x)+min(0,alpha*(e^(
 UNARY_A(selu, "Selu", EW_FLOAT, f_selu, attrs_selu, "gamma*(x if x>0 else alpha*(e^x-1))", {"alpha", "gamma"}, {0})
 UNARY_A(hardsigmoid, "HardSigmoid", EW_FLOAT, f_hardsigmoid, attrs_hardsigmoid, "clamp(alpha*x+beta, 0, 1)", {"alpha", "beta"}, {0})
 UNARY_A(thresholdedrelu, "ThresholdedRelu", EW_FLOAT, f_thresholdedrelu, attrs_alpha1, "x if x>alpha else 0", {"alpha"}, {0})
-UNARY_A(isinf, "IsInf", EW_FLOAT, f_isinf, attrs_isinf, "x is +-inf (bool)", {0}, {"detect_negative", "detect_positive"})
+static const ew_impl impl_isinf = {1, EW_FLOAT, 1, f_isinf, NULL, NULL, NULL, {0}, {"detect_negative", "detect_positive"}};
+static const kiln_op_def op_isinf = {"IsInf", 1, 1, 1, 1, attrs_isinf, KILN_OP_ELEMENTWISE, ew_infer,
+                                     ew_eval, "x is +-inf (bool)", &impl_isinf};
 
 /* Gelu's attribute is a string; the eval reads it into ip[0] below. */
 static const ew_impl impl_gelu = {1, EW_FLOAT, 0, f_gelu, NULL, NULL, NULL, {0}, {0}};

@@ -18,7 +18,7 @@ static int check_type(kiln_graph *g, const kiln_value *v, kiln_err *err)
             return kiln_errf(err, "verify: %%%s: dimension %d names no symbol", v->name, i);
     }
     const kiln_dtype_info *di = kiln_dtype_get(t->dtype);
-    if (di->block_elems > 1 && t->rank > 0) {
+    if (di->is_quant && t->rank > 0) { /* packed i4/u4 run across rows like ONNX */
         kiln_dim last = t->dims[t->rank - 1];
         if (KILN_DIM_IS_STATIC(last) && last % di->block_elems)
             return kiln_errf(err,

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Generates runtime/unicode_tables.c: the Unicode data the tokenizer runtime
+"""Generates common/unicode_tables.c: the Unicode data the tokenizer runtime
 needs (category classes, lowercase mapping, canonical decomposition,
 combining classes, canonical composition), from Python's unicodedata.
 
-Usage: python3.13 scripts/gen_unicode.py > runtime/unicode_tables.c
+Usage: python3.13 scripts/gen_unicode.py > common/unicode_tables.c
 (use the newest Python at hand: its unicodedata sets the Unicode version;
 Python 3.13 has Unicode 15.1)
 
@@ -16,7 +16,7 @@ import unicodedata
 
 MAXCP = 0x110000
 
-# Class bits; must match KILN_UC_* in runtime/kiln_tokenizer.h.
+# Class bits; must match KILN_UC_* in common/kiln_tokenizer.h.
 L, N, ND, P, PC, M, MN, WS, C, WORD, CN = (1 << i for i in range(11))
 FLAG_BITS = 11  # entries are (start << FLAG_BITS) | flags
 

@@ -246,7 +246,7 @@ const char *kiln_chat_kind_name(int kind);
 long kiln_chat_format(const kiln_tokenizer *t, const kiln_chat_msg *msgs, int n, int add_assistant,
                       char *out, size_t cap, kiln_err *err);
 
-/* ---- Unicode helpers (runtime/unicode.c) -------------------------------- */
+/* ---- Unicode helpers (common/unicode.c) -------------------------------- */
 
 enum {
     KILN_UC_L = 1, KILN_UC_N = 2, KILN_UC_ND = 4, KILN_UC_P = 8, KILN_UC_PC = 16,

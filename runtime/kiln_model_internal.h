@@ -7,13 +7,33 @@
 #include "kiln_artifact.h"
 #include "kiln_rt.h"
 
+#include "kiln_tokenizer.h"
+
+/* One sequence's KV cache: per layer a K and a V buffer [kv_heads, max_ctx, head_dim]. */
+typedef struct kiln_lm_slot {
+    void **k, **v;
+    int32_t *tokens; /* ids whose keys/values are cached (positions 0..pos-1) */
+    int pos;
+} kiln_lm_slot;
+
 struct kiln_model {
     kiln_desc desc;
     kiln_rt *rt;
     const uint8_t *weights; /* start of the weights data (after the header) */
     kiln_map wmap;          /* external weights mapping, if any */
     uint8_t *arena;
+    /* language models */
+    int has_tok;
+    kiln_tokenizer tok;
+    int io_tokens, io_logits; /* descriptor I/O indexes */
+    int sym_batch, sym_seq, sym_past;
+    int64_t chunk; /* most tokens one step takes (seq bound) */
+    kiln_lm_slot *slots;
+    int n_slots;
 };
+
+int kiln_lm_init(kiln_model *m, kiln_err *err);
+void kiln_lm_free(kiln_model *m);
 
 int kiln_model_open_internal(kiln_model **m, const char *weights_path, int threads, kiln_err *err);
 void kiln_model_close_internal(kiln_model *m);

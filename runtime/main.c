@@ -139,4 +139,238 @@ done:
     return rc;
 }
 
-int main(int argc, char **argv) { return kiln_main_generic(argc, argv); }
+/* ---- language models: llama.cpp-style CLI ---- */
+
+typedef struct out_state {
+    int ids_mode;
+    int first;
+} out_state;
+
+static int on_token(void *user, int32_t token, const char *text, size_t len)
+{
+    out_state *o = user;
+    if (o->ids_mode || !text) {
+        if (token >= 0) {
+            printf("%s%d", o->first ? "" : ",", token);
+            o->first = 0;
+        }
+    } else {
+        fwrite(text, 1, len, stdout);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+static int lm_usage(const char *prog)
+{
+    fprintf(stderr,
+            "usage: %s [-p PROMPT | -f FILE | --ids 1,2,3 | --batch-file FILE | -i] [-n N] [--temp T]\n"
+            "       [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--chat|--no-chat]\n"
+            "       [--system TEXT] [--stop STR]... [-t THREADS] [--weights FILE]\n",
+            prog);
+    return 2;
+}
+
+static void report(const char *prog, const kiln_gen_stats *st)
+{
+    int prefill = st->prompt_tokens - st->reused_tokens;
+    fprintf(stderr, "\n%s: prompt %d tokens (%d reused) in %.3f s (%.1f tok/s), generated %d tokens in %.3f s (%.1f tok/s)%s\n",
+            prog, st->prompt_tokens, st->reused_tokens, st->prefill_s, st->prefill_s > 0 ? prefill / st->prefill_s : 0,
+            st->new_tokens, st->decode_s, st->decode_s > 0 ? st->new_tokens / st->decode_s : 0,
+            st->stop_reason == 3 ? " [context full]" : "");
+}
+
+static char *read_text(const char *path)
+{
+    char *t;
+    kiln_err err;
+    if (kiln_read_file(path, &t, NULL, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return NULL;
+    }
+    return t;
+}
+
+static int kiln_main_lm(int argc, char **argv)
+{
+    const char *prompt = NULL, *prompt_file = NULL, *ids_arg = NULL, *batch_file = NULL, *weights = NULL;
+    const char *stops[16];
+    int interactive = 0, threads = 0, chat = -1;
+    kiln_gen_params p;
+    kiln_gen_params_default(&p);
+    p.n_stop = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int more = i + 1 < argc;
+        if (!strcmp(a, "-p") && more) prompt = argv[++i];
+        else if (!strcmp(a, "-f") && more) prompt_file = argv[++i];
+        else if (!strcmp(a, "--ids") && more) ids_arg = argv[++i];
+        else if (!strcmp(a, "--batch-file") && more) batch_file = argv[++i];
+        else if (!strcmp(a, "-i")) interactive = 1;
+        else if (!strcmp(a, "-n") && more) p.max_tokens = atoi(argv[++i]);
+        else if (!strcmp(a, "--temp") && more) p.temperature = (float)atof(argv[++i]);
+        else if (!strcmp(a, "--top-k") && more) p.top_k = atoi(argv[++i]);
+        else if (!strcmp(a, "--top-p") && more) p.top_p = (float)atof(argv[++i]);
+        else if (!strcmp(a, "--min-p") && more) p.min_p = (float)atof(argv[++i]);
+        else if (!strcmp(a, "--repeat-penalty") && more) p.repeat_penalty = (float)atof(argv[++i]);
+        else if (!strcmp(a, "--seed") && more) p.seed = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--chat")) chat = 1;
+        else if (!strcmp(a, "--no-chat")) chat = 0;
+        else if (!strcmp(a, "--system") && more) p.system = argv[++i];
+        else if (!strcmp(a, "--stop") && more && p.n_stop < 16) stops[p.n_stop++] = argv[++i];
+        else if (!strcmp(a, "-t") && more) threads = atoi(argv[++i]);
+        else if (!strcmp(a, "--weights") && more) weights = argv[++i];
+        else return lm_usage(argv[0]);
+    }
+    p.stop = stops;
+    if (!prompt && !prompt_file && !ids_arg && !batch_file && !interactive)
+        return lm_usage(argv[0]);
+    kiln_model *m = NULL;
+    kiln_err err;
+    if (kiln_model_open_internal(&m, weights, threads, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.msg);
+        return 2;
+    }
+    /* chat by default when the model ships a template */
+    if (chat < 0) {
+        kiln_chat_msg probe = {"user", "x"};
+        chat = m->has_tok && kiln_chat_format(&m->tok, &probe, 1, 1, NULL, 0, &err) >= 0;
+    }
+    p.chat = chat;
+    char msg[1024];
+    int rc = 2;
+    kiln_gen_stats st;
+    out_state os = {0, 1};
+    if (ids_arg) {
+        int cap = 16, n = 0;
+        int32_t *ids = kiln_xmalloc(sizeof(int32_t) * (size_t)cap);
+        for (const char *q = ids_arg; *q;) {
+            char *end;
+            long v = strtol(q, &end, 10);
+            if (end == q) {
+                fprintf(stderr, "%s: --ids takes comma-separated integers\n", argv[0]);
+                free(ids);
+                goto done;
+            }
+            if (n == cap)
+                ids = kiln_xrealloc(ids, sizeof(int32_t) * (size_t)(cap *= 2));
+            ids[n++] = (int32_t)v;
+            q = *end == ',' ? end + 1 : end;
+        }
+        os.ids_mode = 1;
+        int r = kiln_generate_ids(m, ids, n, &p, on_token, &os, &st, msg, sizeof msg);
+        free(ids);
+        printf("\n");
+        if (r) {
+            fprintf(stderr, "%s: %s\n", argv[0], msg);
+            goto done;
+        }
+        report(argv[0], &st);
+    } else if (batch_file) {
+        char *all = read_text(batch_file);
+        if (!all)
+            goto done;
+        int slot = 0;
+        for (char *save = NULL, *line = strtok_r(all, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+            if (!*line)
+                continue;
+            printf("[%d] ", slot);
+            p.slot = slot++; /* every prompt its own KV slot */
+            if (kiln_generate(m, line, &p, on_token, &os, &st, msg, sizeof msg)) {
+                fprintf(stderr, "%s: prompt %d: %s\n", argv[0], slot - 1, msg);
+                free(all);
+                goto done;
+            }
+            printf("\n");
+            report(argv[0], &st);
+        }
+        free(all);
+    } else if (interactive) {
+        /* a running conversation: the whole history is re-rendered each
+         * turn and its cached prefix reused, so only new tokens are computed */
+        if (!m->has_tok || !chat) {
+            fprintf(stderr, "%s: -i needs a model with a tokenizer and a chat template\n", argv[0]);
+            goto done;
+        }
+        kiln_chat_msg hist[256];
+        char *owned[256];
+        int nh = 0;
+        if (p.system) {
+            hist[nh] = (kiln_chat_msg){"system", p.system};
+            owned[nh++] = NULL;
+        }
+        char line[8192];
+        for (;;) {
+            fprintf(stderr, "> ");
+            if (!fgets(line, sizeof line, stdin))
+                break;
+            line[strcspn(line, "\n")] = 0;
+            if (!line[0])
+                continue;
+            if (nh + 2 >= 256)
+                break;
+            owned[nh] = kiln_xstrdup(line);
+            hist[nh] = (kiln_chat_msg){"user", owned[nh]};
+            nh++;
+            long need = kiln_chat_format(&m->tok, hist, nh, 1, NULL, 0, &err);
+            char *text = kiln_xmalloc((size_t)need + 1);
+            kiln_chat_format(&m->tok, hist, nh, 1, text, (size_t)need + 1, &err);
+            int cap = (int)need + 8;
+            int32_t *ids = kiln_xmalloc(sizeof(int32_t) * (size_t)cap);
+            int n = kiln_tok_encode(&m->tok, text, strlen(text), KILN_TOK_PARSE_SPECIAL, ids, cap, &err);
+            free(text);
+            /* collect the reply for the history */
+            if (kiln_generate_ids(m, ids, n, &p, on_token, &os, &st, msg, sizeof msg)) {
+                fprintf(stderr, "%s: %s\n", argv[0], msg);
+                free(ids);
+                break;
+            }
+            printf("\n");
+            int pos = kiln_lm_position(m, 0);
+            long rl = kiln_tok_decode(&m->tok, m->slots[0].tokens + n, pos - n > 0 ? pos - n : 0, KILN_TOK_SKIP_SPECIAL, NULL, 0, &err);
+            char *reply = kiln_xmalloc(rl > 0 ? (size_t)rl + 1 : 1);
+            reply[0] = 0;
+            if (rl > 0)
+                kiln_tok_decode(&m->tok, m->slots[0].tokens + n, pos - n, KILN_TOK_SKIP_SPECIAL, reply, (size_t)rl + 1, &err);
+            owned[nh] = reply;
+            hist[nh] = (kiln_chat_msg){"assistant", reply};
+            nh++;
+            free(ids);
+            report(argv[0], &st);
+        }
+        for (int i = 0; i < nh; i++)
+            free(owned[i]);
+    } else {
+        char *text = prompt_file ? read_text(prompt_file) : NULL;
+        if (prompt_file && !text)
+            goto done;
+        int r = kiln_generate(m, text ? text : prompt, &p, on_token, &os, &st, msg, sizeof msg);
+        free(text);
+        printf("\n");
+        if (r) {
+            fprintf(stderr, "%s: %s\n", argv[0], msg);
+            goto done;
+        }
+        report(argv[0], &st);
+    }
+    rc = 0;
+done:
+    kiln_close(m);
+    return rc;
+}
+
+extern const uint8_t kiln_model_desc[];
+extern const uint64_t kiln_model_desc_size;
+
+int main(int argc, char **argv)
+{
+    kiln_desc d;
+    kiln_err err;
+    if (kiln_desc_read(kiln_model_desc, kiln_model_desc_size, &d, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.msg);
+        return 2;
+    }
+    int lm = d.kind == KILN_MODEL_LM;
+    kiln_desc_free(&d);
+    return lm ? kiln_main_lm(argc, argv) : kiln_main_generic(argc, argv);
+}

@@ -101,6 +101,8 @@ int kiln_model_open_internal(kiln_model **out, const char *weights_path, int thr
         kiln_errf(err, "cannot start threads");
         goto fail;
     }
+    if (m->desc.kind == KILN_MODEL_LM && kiln_lm_init(m, err))
+        goto fail;
     *out = m;
     return 0;
 fail:
@@ -112,6 +114,7 @@ void kiln_model_close_internal(kiln_model *m)
 {
     if (!m)
         return;
+    kiln_lm_free(m);
     kiln_rt_destroy(m->rt);
     free(m->arena);
     kiln_unmap_file(&m->wmap);

@@ -14,6 +14,8 @@ extern const unsigned char kiln_embed_rt_main[], kiln_embed_rt_main_end[];
 extern const unsigned char kiln_embed_rt_header[], kiln_embed_rt_header_end[];
 
 int kiln_cli_parse_bind(kiln_pass_opts *o, char *arg);
+int kiln_cli_lm_meta(const char *model_path, kiln_graph *g, kiln_build_opts *o, int64_t max_ctx,
+                     kiln_dtype kv_dtype, kiln_err *err);
 
 static int dump(const char *path, const unsigned char *b, const unsigned char *e, kiln_err *err)
 {
@@ -60,6 +62,8 @@ void kiln_cli_remove_runtime(const char *dir)
 int kiln_cmd_build(int argc, char **argv)
 {
     const char *path = NULL, *pipeline = NULL;
+    int64_t max_ctx = 2048;
+    kiln_dtype kv_dtype = KILN_F32;
     kiln_build_opts o;
     memset(&o, 0, sizeof o);
     o.opt_level = 3;
@@ -82,6 +86,18 @@ int kiln_cmd_build(int argc, char **argv)
         } else if (!strcmp(a, "--bound") && more) {
             if (kiln_cli_parse_bind(&o.passes, argv[++i])) {
                 fprintf(stderr, "kiln build: --bound takes SYMBOL=SIZE\n");
+                return KILN_EXIT_INPUT;
+            }
+        } else if (!strcmp(a, "--max-ctx") && more) {
+            max_ctx = strtoll(argv[++i], NULL, 10);
+            if (max_ctx < 1 || max_ctx > (1 << 24)) {
+                fprintf(stderr, "kiln build: --max-ctx takes a positive size\n");
+                return KILN_EXIT_INPUT;
+            }
+        } else if (!strcmp(a, "--kv-dtype") && more) {
+            kv_dtype = kiln_dtype_from_name(argv[++i]);
+            if (kv_dtype != KILN_F32 && kv_dtype != KILN_F16 && kv_dtype != KILN_BF16) {
+                fprintf(stderr, "kiln build: --kv-dtype takes f32, f16 or bf16\n");
                 return KILN_EXIT_INPUT;
             }
         } else if (!strcmp(a, "--triple") && more)
@@ -132,6 +148,10 @@ int kiln_cmd_build(int argc, char **argv)
         goto out;
     }
     snprintf(o.meta.name, sizeof o.meta.name, "%s", g->name);
+    if (kiln_cli_lm_meta(path, g, &o, max_ctx, kv_dtype, &err) < 0) {
+        fprintf(stderr, "%s: %s\n", path, err.msg);
+        goto out;
+    }
     if (kiln_build(g, &o, &err)) {
         fprintf(stderr, "%s: %s\n", path, err.msg);
         goto out;
@@ -140,6 +160,7 @@ int kiln_cmd_build(int argc, char **argv)
 out:
     if (rtdir[0])
         kiln_cli_remove_runtime(rtdir);
+    free((void *)o.meta.tokenizer);
     kiln_graph_free(g);
     return rc;
 }

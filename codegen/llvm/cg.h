@@ -23,6 +23,7 @@ typedef struct cg {
     LLVMBuilderRef b;
     kiln_graph *g;
     const kiln_plan *plan;
+    const kiln_build_opts *o; /* may be NULL */
     kiln_err *err;
     int failed;
     LLVMTypeRef t_void, t_i1, t_i8, t_i16, t_i32, t_i64, t_f16, t_f32, t_f64, t_ptr, t_kfn, t_par;

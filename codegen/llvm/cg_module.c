@@ -259,6 +259,7 @@ int kiln_codegen_cpu(kiln_graph *g, const kiln_plan *p, const kiln_build_opts *o
     cg *c = &x.c;
     c->g = g;
     c->plan = p;
+    c->o = o;
     c->err = err;
     c->ctx = LLVMContextCreate();
     c->mod = LLVMModuleCreateWithNameInContext("kiln_model", c->ctx);

@@ -410,6 +410,11 @@ typedef struct attn {
     int mask_bool, mask_short;         /* ONNX: short masks pad "not allowed" */
     int bias_bcast_last;
     int is_gqa;
+    /* KV cache in place: past and present are the runtime's cache buffers
+     * [B, Hkv, kv_ctx, D]; new rows are written at P.., nothing is copied */
+    int inplace;
+    int64_t kv_ctx;
+    kiln_dtype kv_dtype;
 } attn;
 
 /* present = concat(past, new) along the sequence axis, [B, H, T, D]. */
@@ -458,11 +463,49 @@ static int lower_present(cg *c, int ni, const attn *a, int past, int cur, int ou
     return c->failed ? -1 : 0;
 }
 
+/* In-place KV cache: the new rows of k/v ([B, S, Hkv*D]) go to rows
+ * P..P+S-1 of the cache buffer [B, Hkv, kv_ctx, D] in the cache's dtype. */
+static int lower_kv_write(cg *c, int ni, const attn *a, int cur, int cache, kiln_dim Dd)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef b = c->b;
+    LLVMValueRef H = kc_dim(&k, a->Hkv), S = kc_dim(&k, a->Skv), D = kc_dim(&k, Dd);
+    LLVMValueRef P = a->pk >= 0 ? kc_dim(&k, a->P) : kc_i64(&k, 0);
+    LLVMValueRef C = kc_ptr(&k, cur), O = kc_ptr(&k, cache);
+    kc_loop lr;
+    LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "bs"); /* r = b*S + s */
+    LLVMValueRef bb = LLVMBuildSDiv(b, r, S, ""), ss = LLVMBuildSRem(b, r, S, "");
+    kc_loop lh;
+    LLVMValueRef h = kc_for(&k, &lh, kc_i64(&k, 0), H, "h");
+    LLVMValueRef src = LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, r, H, ""), h, ""), D, "");
+    LLVMValueRef row = LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, H, ""), h, ""), kc_i64(&k, a->kv_ctx), ""),
+                                    LLVMBuildAdd(b, P, ss, ""), "");
+    LLVMValueRef dst = LLVMBuildMul(b, row, D, "");
+    kc_loop ld;
+    LLVMValueRef d = kc_for(&k, &ld, kc_i64(&k, 0), D, "d");
+    kc_store(&k, a->kv_dtype, O, LLVMBuildAdd(b, dst, d, ""),
+             kc_load(&k, vt(c, cur)->dtype, C, LLVMBuildAdd(b, src, d, ""), CT_F32), CT_F32);
+    kc_for_end(&k, &ld);
+    kc_for_end(&k, &lh);
+    kc_for_end(&k, &lr);
+    kc_end(&k);
+    kiln_dim trip[2] = {a->B, a->Skv};
+    cg_launch(c, k.fn, trip, 2, 16, ni);
+    return c->failed ? -1 : 0;
+}
+
 /* Pointer+offset of key/value row j for (b, kv head g). */
 static LLVMValueRef kv_row(kc *k, const attn *a, int past, int cur, LLVMValueRef bb, LLVMValueRef g, LLVMValueRef j,
                            LLVMValueRef P, LLVMValueRef S, LLVMValueRef Hk, LLVMValueRef D, LLVMValueRef *ptr)
 {
     LLVMBuilderRef b = k->c->b;
+    if (a->inplace) { /* every key row, past or new, lives in the cache */
+        *ptr = kc_ptr(k, cur);
+        return LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Hk, ""), g, ""),
+                                                            kc_i64(k, a->kv_ctx), ""), j, ""), D, "");
+    }
     LLVMValueRef jn = LLVMBuildSub(b, j, P, "");
     LLVMValueRef coff = a->three ? LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, S, ""), jn, ""), Hk, ""), g, ""), D, "")
                                  : LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Hk, ""), g, ""), S, ""), jn, ""), D, "");
@@ -485,8 +528,9 @@ static int lower_attn_core(cg *c, int ni, const attn *a)
     int64_t Dvmax = kiln_plan_dim(c->g, c->plan, a->Dv);
     if (Tmax < 0 || Dvmax < 0)
         return cg_fail(c, n, "attention sizes unknown at compile time");
-    int f32kv = kt->dtype == KILN_F32 && vtp->dtype == KILN_F32 && qt->dtype == KILN_F32 &&
-                (a->pk < 0 || (vt(c, a->pk)->dtype == KILN_F32 && vt(c, a->pv)->dtype == KILN_F32));
+    kiln_dtype kdt = a->inplace ? a->kv_dtype : kt->dtype, vdt = a->inplace ? a->kv_dtype : vtp->dtype;
+    int f32kv = kdt == KILN_F32 && vdt == KILN_F32 && qt->dtype == KILN_F32 &&
+                (a->inplace || a->pk < 0 || (vt(c, a->pk)->dtype == KILN_F32 && vt(c, a->pv)->dtype == KILN_F32));
     kc k;
     kc_begin(c, &k, n);
     LLVMBuilderRef b = c->b;
@@ -547,7 +591,7 @@ static int lower_attn_core(cg *c, int ni, const attn *a)
     LLVMValueRef j = kc_for(&k, &lj, kc_i64(&k, 0), T, "key");
     LLVMValueRef mx = kc_phi(&k, &lj, ninf);
     LLVMValueRef kp;
-    LLVMValueRef ko = kv_row(&k, a, a->pk, a->k, bb, g, j, P, Skv, Hk, D, &kp);
+    LLVMValueRef ko = kv_row(&k, a, a->pk, a->inplace ? a->present_k : a->k, bb, g, j, P, Skv, Hk, D, &kp);
     LLVMValueRef s;
     if (f32kv) {
         s = kc_dot_f32(&k, qp, qo, kp, ko, D);
@@ -555,7 +599,6 @@ static int lower_attn_core(cg *c, int ni, const attn *a)
         kc_loop ld;
         LLVMValueRef d = kc_for(&k, &ld, kc_i64(&k, 0), D, "qk");
         LLVMValueRef sa = kc_phi(&k, &ld, kc_f(&k, ct, 0));
-        kiln_dtype kdt = kt->dtype;
         LLVMValueRef kv = kc_load(&k, kdt, kp, LLVMBuildAdd(b, ko, d, ""), ct);
         kc_phi_next(&k, &ld, sa, LLVMBuildFAdd(b, sa, LLVMBuildFMul(b, kc_load(&k, KILN_F32, qp, LLVMBuildAdd(b, qo, d, ""), ct), kv, ""), ""));
         kc_for_end(&k, &ld);
@@ -621,10 +664,10 @@ static int lower_attn_core(cg *c, int ni, const attn *a)
     if (a->qk >= 0 && a->mode == 3)
         kc_store(&k, vt(c, a->qk)->dtype, kc_ptr(&k, a->qk), LLVMBuildAdd(b, LLVMBuildMul(b, r, T, ""), j3, ""), p, ct);
     LLVMValueRef vp;
-    LLVMValueRef vo = kv_row(&k, a, a->pv, a->v, bb, g, j3, P, Skv, Hk, Dv, &vp);
+    LLVMValueRef vo = kv_row(&k, a, a->pv, a->inplace ? a->present_v : a->v, bb, g, j3, P, Skv, Hk, Dv, &vp);
     kc_loop ld2;
     LLVMValueRef d2 = kc_for(&k, &ld2, kc_i64(&k, 0), Dv, "vd");
-    LLVMValueRef vv = kc_load(&k, f32kv ? KILN_F32 : vtp->dtype, vp, LLVMBuildAdd(b, vo, d2, ""), ct);
+    LLVMValueRef vv = kc_load(&k, f32kv ? KILN_F32 : vdt, vp, LLVMBuildAdd(b, vo, d2, ""), ct);
     LLVMValueRef av = kc_load(&k, KILN_F32, acc, d2, ct);
     kc_store(&k, KILN_F32, acc, d2, LLVMBuildFAdd(b, av, LLVMBuildFMul(b, p, vv, ""), ""), ct);
     kc_for_end(&k, &ld2);
@@ -715,6 +758,19 @@ static int lower_attention(cg *c, int ni)
     a.P = a.pk >= 0 ? vt(c, a.pk)->dims[2] : 0;
     if (a.scale == 0)
         a.scale = 1.0 / sqrt((double)a.D);
+    /* LM builds keep the KV cache in place: past_* and present_* are the same
+     * runtime buffer, so only the new rows are written */
+    if (c->o && c->o->meta.kind == KILN_MODEL_LM && c->o->meta.kv.max_ctx > 0 && a.three && a.pk >= 0 &&
+        a.present_k >= 0 && a.present_v >= 0 && c->plan->bufs[a.pk].kind == KILN_BUF_INPUT &&
+        c->plan->bufs[a.pv].kind == KILN_BUF_INPUT && c->plan->bufs[a.present_k].kind == KILN_BUF_OUTPUT &&
+        c->plan->bufs[a.present_v].kind == KILN_BUF_OUTPUT) {
+        a.inplace = 1;
+        a.kv_ctx = c->o->meta.kv.max_ctx;
+        a.kv_dtype = c->o->meta.kv.dtype ? c->o->meta.kv.dtype : KILN_F32;
+        if (lower_kv_write(c, ni, &a, a.k, a.present_k, a.D) || lower_kv_write(c, ni, &a, a.v, a.present_v, a.Dv))
+            return -1;
+        return lower_attn_core(c, ni, &a);
+    }
     if (a.present_k >= 0 && lower_present(c, ni, &a, a.pk, a.k, a.present_k, a.D))
         return -1;
     if (a.present_v >= 0 && lower_present(c, ni, &a, a.pv, a.v, a.present_v, a.Dv))

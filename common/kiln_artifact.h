@@ -40,7 +40,8 @@ int64_t kiln_dimexpr_eval(const kiln_dimexpr *e, const int64_t *syms);
 typedef enum { KILN_ROLE_DATA = 0, KILN_ROLE_TOKENS = 1, KILN_ROLE_LOGITS = 2,
                KILN_ROLE_PAST_KEY = 3, KILN_ROLE_PAST_VALUE = 4,
                KILN_ROLE_PRESENT_KEY = 5, KILN_ROLE_PRESENT_VALUE = 6,
-               KILN_ROLE_ATTN_MASK = 7, KILN_ROLE_TOKEN_TYPES = 8 } kiln_io_role;
+               KILN_ROLE_ATTN_MASK = 7, KILN_ROLE_TOKEN_TYPES = 8,
+               KILN_ROLE_POSITIONS = 9 } kiln_io_role;
 
 typedef struct kiln_io_desc {
     char name[128];
@@ -54,7 +55,11 @@ typedef struct kiln_io_desc {
 typedef enum { KILN_MODEL_GENERIC = 0, KILN_MODEL_LM = 1, KILN_MODEL_ENCODER = 2 } kiln_model_kind;
 
 /* KV cache layout chosen by the compiler (see docs/kv.md). */
-typedef enum { KILN_KV_CONTIGUOUS = 0, KILN_KV_PAGED = 1 } kiln_kv_kind;
+/* CONTIGUOUS: in place, one [kv_heads, max_ctx, head_dim] buffer per layer
+ * serves as past and present. FUNCTIONAL: the graph reads a packed past
+ * [kv_heads, past, head_dim] and writes a packed present (models whose
+ * attention was not recognized); the runtime ping-pongs two buffers. */
+typedef enum { KILN_KV_CONTIGUOUS = 0, KILN_KV_PAGED = 1, KILN_KV_FUNCTIONAL = 2 } kiln_kv_kind;
 
 typedef struct kiln_kv_desc {
     int kind;          /* kiln_kv_kind */

@@ -12,6 +12,7 @@
 /* One sequence's KV cache: per layer a K and a V buffer [kv_heads, max_ctx, head_dim]. */
 typedef struct kiln_lm_slot {
     void **k, **v;
+    void **k2, **v2; /* KILN_KV_FUNCTIONAL: the present buffers (swapped each step) */
     int32_t *tokens; /* ids whose keys/values are cached (positions 0..pos-1) */
     int pos;
 } kiln_lm_slot;

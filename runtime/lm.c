@@ -49,7 +49,8 @@ int kiln_lm_init(kiln_model *m, kiln_err *err)
             m->io_logits = i;
         } else if (io->role == KILN_ROLE_PAST_KEY && io->rank == 4 && m->sym_past < 0) {
             m->sym_past = single_sym(&io->dims[2]);
-        } else if (i < d->n_inputs && io->role == KILN_ROLE_DATA) {
+        } else if (i < d->n_inputs && io->role != KILN_ROLE_PAST_KEY && io->role != KILN_ROLE_PAST_VALUE &&
+                   io->role != KILN_ROLE_ATTN_MASK && io->role != KILN_ROLE_POSITIONS) {
             return kiln_errf(err, "language model input '%s' has no role the decoder can fill", io->name);
         }
     }
@@ -74,9 +75,15 @@ static void slot_free(kiln_model *m, kiln_lm_slot *s)
     for (int l = 0; s->k && l < m->desc.kv.n_layers; l++) {
         free(s->k[l]);
         free(s->v[l]);
+        if (s->k2) {
+            free(s->k2[l]);
+            free(s->v2[l]);
+        }
     }
     free(s->k);
     free(s->v);
+    free(s->k2);
+    free(s->v2);
     free(s->tokens);
     memset(s, 0, sizeof *s);
 }
@@ -106,12 +113,23 @@ static kiln_lm_slot *get_slot(kiln_model *m, int slot, kiln_err *err)
         const kiln_kv_desc *kv = &m->desc.kv;
         size_t bytes = kiln_dtype_storage(kv->dtype ? kv->dtype : KILN_F32,
                                           (int64_t)kv->kv_heads * kv->max_ctx * kv->head_dim);
+        int fn = kv->kind == KILN_KV_FUNCTIONAL;
         s->k = kiln_xcalloc((size_t)kv->n_layers, sizeof(void *));
         s->v = kiln_xcalloc((size_t)kv->n_layers, sizeof(void *));
+        if (fn) {
+            s->k2 = kiln_xcalloc((size_t)kv->n_layers, sizeof(void *));
+            s->v2 = kiln_xcalloc((size_t)kv->n_layers, sizeof(void *));
+        }
         for (int l = 0; l < kv->n_layers; l++) {
             s->k[l] = calloc(1, bytes + 64);
             s->v[l] = calloc(1, bytes + 64);
-            if (!s->k[l] || !s->v[l]) {
+            int bad = !s->k[l] || !s->v[l];
+            if (fn) {
+                s->k2[l] = calloc(1, bytes + 64);
+                s->v2[l] = calloc(1, bytes + 64);
+                bad |= !s->k2[l] || !s->v2[l];
+            }
+            if (bad) {
                 slot_free(m, s);
                 kiln_errf(err, "cannot allocate the KV cache (%zu bytes per layer)", 2 * bytes);
                 return NULL;
@@ -129,10 +147,28 @@ int kiln_max_context(const kiln_model *m) { return (int)m->desc.kv.max_ctx; }
 int kiln_has_tokenizer(const kiln_model *m) { return m->has_tok; }
 int kiln_lm_position(const kiln_model *m, int slot) { return slot < m->n_slots ? m->slots[slot].pos : 0; }
 
+/* Shortens a slot to pos tokens. A packed (functional) cache stores head h
+ * at h*P*D, so its rows move when P changes. */
+static void truncate_slot(kiln_model *m, kiln_lm_slot *s, int pos)
+{
+    const kiln_kv_desc *kv = &m->desc.kv;
+    if (pos >= s->pos)
+        return;
+    if (kv->kind == KILN_KV_FUNCTIONAL && s->k) {
+        size_t row = kiln_dtype_storage(kv->dtype ? kv->dtype : KILN_F32, kv->head_dim);
+        for (int l = 0; l < kv->n_layers; l++)
+            for (int h = 0; h < kv->kv_heads; h++) {
+                memmove((char *)s->k[l] + (size_t)h * pos * row, (char *)s->k[l] + (size_t)h * s->pos * row, (size_t)pos * row);
+                memmove((char *)s->v[l] + (size_t)h * pos * row, (char *)s->v[l] + (size_t)h * s->pos * row, (size_t)pos * row);
+            }
+    }
+    s->pos = pos;
+}
+
 void kiln_lm_rewind(kiln_model *m, int slot, int pos)
 {
-    if (slot < m->n_slots && pos >= 0 && pos < m->slots[slot].pos)
-        m->slots[slot].pos = pos;
+    if (slot < m->n_slots && pos >= 0)
+        truncate_slot(m, &m->slots[slot], pos);
 }
 
 /* One step: up to m->chunk tokens at position s->pos. */
@@ -154,14 +190,33 @@ static int step(kiln_model *m, kiln_lm_slot *s, const int32_t *ids, int n, float
     void *tok = kiln_xmalloc(kiln_dtype_storage(tdt, n) + 8);
     for (int i = 0; i < n; i++)
         kiln_store_i64(tdt, tok, i, ids[i]);
-    float *lg = logits ? logits : kiln_xmalloc(sizeof(float) * (size_t)d->vocab);
+    /* logits may cover every position ([batch, seq, vocab], ONNX exports):
+     * the last row is the next-token distribution */
+    int64_t lrows = d->io[m->io_logits].rank == 3 ? n : 1;
+    float *lg = kiln_xmalloc(sizeof(float) * (size_t)(d->vocab * lrows));
+    int fn = d->kv.kind == KILN_KV_FUNCTIONAL;
     for (int i = 0; i < nio; i++) {
         const kiln_io_desc *x = &d->io[i];
         switch (x->role) {
         case KILN_ROLE_TOKENS: io[i] = tok; break;
         case KILN_ROLE_LOGITS: io[i] = lg; break;
-        case KILN_ROLE_PAST_KEY: case KILN_ROLE_PRESENT_KEY: io[i] = s->k[x->layer]; break;
-        case KILN_ROLE_PAST_VALUE: case KILN_ROLE_PRESENT_VALUE: io[i] = s->v[x->layer]; break;
+        case KILN_ROLE_PAST_KEY: io[i] = s->k[x->layer]; break;
+        case KILN_ROLE_PAST_VALUE: io[i] = s->v[x->layer]; break;
+        case KILN_ROLE_PRESENT_KEY: io[i] = fn ? s->k2[x->layer] : s->k[x->layer]; break;
+        case KILN_ROLE_PRESENT_VALUE: io[i] = fn ? s->v2[x->layer] : s->v[x->layer]; break;
+        case KILN_ROLE_ATTN_MASK:
+        case KILN_ROLE_POSITIONS: {
+            /* all positions visible; positions count on from the cache */
+            int64_t e = 1;
+            for (int k = 0; k < x->rank; k++)
+                e *= kiln_dimexpr_eval(&x->dims[k], syms);
+            scratch[i] = kiln_xcalloc(1, kiln_dtype_storage(x->dtype, e) + 64);
+            int64_t cols = x->rank ? kiln_dimexpr_eval(&x->dims[x->rank - 1], syms) : 1;
+            for (int64_t q = 0; q < e; q++)
+                kiln_store_i64(x->dtype, scratch[i], q, x->role == KILN_ROLE_ATTN_MASK ? 1 : s->pos + q % cols);
+            io[i] = scratch[i];
+            break;
+        }
         default: {
             /* an output the decoder does not use: give it room */
             int64_t e = 1;
@@ -180,6 +235,16 @@ static int step(kiln_model *m, kiln_lm_slot *s, const int32_t *ids, int n, float
         kiln_errf(err, "model step failed");
         goto out;
     }
+    if (logits)
+        memcpy(logits, lg + (lrows - 1) * d->vocab, sizeof(float) * (size_t)d->vocab);
+    if (fn) { /* this step's present is the next step's past */
+        void **t = s->k;
+        s->k = s->k2;
+        s->k2 = t;
+        t = s->v;
+        s->v = s->v2;
+        s->v2 = t;
+    }
     memcpy(s->tokens + s->pos, ids, sizeof(int32_t) * (size_t)n);
     s->pos += n;
     rc = 0;
@@ -187,8 +252,7 @@ out:
     for (int i = 0; i < nio; i++)
         free(scratch[i]);
     free(tok);
-    if (!logits)
-        free(lg);
+    free(lg);
     return rc;
 }
 
@@ -285,7 +349,7 @@ static int generate(kiln_model *m, const int32_t *prompt, int np, const kiln_gen
     int keep = 0;
     while (keep < s->pos && keep < np - 1 && s->tokens[keep] == prompt[keep])
         keep++;
-    s->pos = keep;
+    truncate_slot(m, s, keep);
     st->reused_tokens = keep;
     st->prompt_tokens = np;
     int vocab = (int)m->desc.vocab;

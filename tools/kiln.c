@@ -12,7 +12,7 @@ static const kiln_cmd commands[] = {
      "kiln eval MODEL --input NAME=FILE.npy ... [--output-dir DIR]"},
     {"build", kiln_cmd_build, "compile a model into an executable or a shared library",
      "kiln build MODEL -o NAME [--target cpu] [--shared] [--weights embed|external] "
-     "[--bound SYM=N]... [--max-ctx N] [--kv-dtype f32|f16|bf16] [--triple T] [--cpu NAME] [-O0..3] [--passes P,...] [--verify-each] "
+     "[--bound SYM=N]... [--max-ctx N] [--kv-dtype f32|f16|bf16] [--kv-layout inplace|functional] [--triple T] [--cpu NAME] [-O0..3] [--passes P,...] [--verify-each] "
      "[--emit-obj FILE] [--keep-temps] [-v]"},
     {"ops", kiln_cmd_ops, "list the op registry (--markdown for the IR reference table)",
      "kiln ops [--markdown]"},
@@ -24,6 +24,9 @@ static const kiln_cmd commands[] = {
      "kiln run MODEL --ids 1,2,3 [-n N] [--logits out.npy]"},
     {"conformance", kiln_cmd_conformance, "run ONNX backend node tests with the reference interpreter",
      "kiln conformance DIR [--json OUT.json] [--filter SUBSTR] [--timeout SEC] [--mem-limit-mb MB] [-v]"},
+    {"viz", kiln_cmd_viz, "draw the graph (fused kernels as clusters) and the memory plan",
+     "kiln viz MODEL -o OUT.html|OUT.svg|OUT.dot [--passes P,...] [--after PASS] [--bound SYM=N]... "
+     "[--no-verify] [-v]"},
 };
 
 #define N_COMMANDS (int)(sizeof commands / sizeof *commands)

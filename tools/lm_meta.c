@@ -26,6 +26,10 @@ static int io_role(const char *name, int is_input, int *layer)
     *layer = 0;
     if (is_input && (!strcmp(name, "tokens") || !strcmp(name, "input_ids")))
         return KILN_ROLE_TOKENS;
+    if (is_input && !strcmp(name, "attention_mask"))
+        return KILN_ROLE_ATTN_MASK;
+    if (is_input && !strcmp(name, "position_ids"))
+        return KILN_ROLE_POSITIONS;
     if (!is_input && !strcmp(name, "logits"))
         return KILN_ROLE_LOGITS;
     for (size_t i = 0; i < sizeof pats / sizeof *pats; i++) {
@@ -94,7 +98,7 @@ int kiln_cli_lm_meta(const char *model_path, kiln_graph *g, kiln_build_opts *o, 
             lt = &g->values[g->outputs[i]].type;
     int sb = tt->rank == 2 ? sym_index(g, tt->dims[0]) : -1, ss = tt->rank == 2 ? sym_index(g, tt->dims[1]) : -1;
     int sp = sym_index(g, g->values[past_vid].type.dims[2]);
-    if (sb < 0 || ss < 0 || sp < 0 || !lt || lt->rank < 1 || !KILN_DIM_IS_STATIC(lt->dims[lt->rank - 1])) {
+    if (sb < 0 || ss < 0 || sp < 0 || !lt || lt->rank < 2 || lt->rank > 3 || !KILN_DIM_IS_STATIC(lt->dims[lt->rank - 1])) {
         free(io);
         return kiln_errf(err, "language model I/O does not follow the convention (tokens [batch, seq], "
                               "past_key.N [batch, heads, past, dim], logits [batch, vocab])");

@@ -24,6 +24,7 @@ typedef struct cg {
     kiln_graph *g;
     const kiln_plan *plan;
     const kiln_build_opts *o; /* may be NULL */
+    int n_kv_inplace;         /* attention nodes lowered with the in-place KV cache */
     kiln_err *err;
     int failed;
     LLVMTypeRef t_void, t_i1, t_i8, t_i16, t_i32, t_i64, t_f16, t_f32, t_f64, t_ptr, t_kfn, t_par;
@@ -118,6 +119,8 @@ LLVMValueRef kc_dot_f32(kc *k, LLVMValueRef a, LLVMValueRef ao, LLVMValueRef b, 
 void kc_call_dequant(kc *k, kiln_dtype dt, LLVMValueRef src, LLVMValueRef dst, LLVMValueRef n);
 /* A stack array of n floats allocated in the kernel's entry block. */
 LLVMValueRef kc_entry_alloca(kc *k, int64_t n);
+/* The same for n elements of type t (the entry block may still be empty). */
+LLVMValueRef kc_entry_alloca_t(kc *k, LLVMTypeRef t, int64_t n);
 
 /* ---- lowering entry points (one file per family) ---- */
 

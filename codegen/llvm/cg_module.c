@@ -295,6 +295,14 @@ int kiln_codegen_cpu(kiln_graph *g, const kiln_plan *p, const kiln_build_opts *o
     {
         /* descriptor */
         kiln_desc d = o ? o->meta : (kiln_desc){0};
+        /* the cache stays in place only if every layer's attention was lowered so */
+        if (d.kind == KILN_MODEL_LM && c->n_kv_inplace == 0)
+            d.kv.kind = KILN_KV_FUNCTIONAL;
+        else if (d.kind == KILN_MODEL_LM && c->n_kv_inplace != d.kv.n_layers) {
+            kiln_errf(err, "internal error: %d of %d attention layers keep the KV cache in place",
+                      c->n_kv_inplace, d.kv.n_layers);
+            goto out;
+        }
         if (kiln_desc_from_graph(g, p, &d, err))
             goto out;
         size_t dlen;

@@ -760,11 +760,13 @@ static int lower_attention(cg *c, int ni)
         a.scale = 1.0 / sqrt((double)a.D);
     /* LM builds keep the KV cache in place: past_* and present_* are the same
      * runtime buffer, so only the new rows are written */
-    if (c->o && c->o->meta.kind == KILN_MODEL_LM && c->o->meta.kv.max_ctx > 0 && a.three && a.pk >= 0 &&
+    if (c->o && c->o->meta.kind == KILN_MODEL_LM && c->o->meta.kv.max_ctx > 0 &&
+        c->o->meta.kv.kind != KILN_KV_FUNCTIONAL && a.three && a.pk >= 0 &&
         a.present_k >= 0 && a.present_v >= 0 && c->plan->bufs[a.pk].kind == KILN_BUF_INPUT &&
         c->plan->bufs[a.pv].kind == KILN_BUF_INPUT && c->plan->bufs[a.present_k].kind == KILN_BUF_OUTPUT &&
         c->plan->bufs[a.present_v].kind == KILN_BUF_OUTPUT) {
         a.inplace = 1;
+        c->n_kv_inplace++;
         a.kv_ctx = c->o->meta.kv.max_ctx;
         a.kv_dtype = c->o->meta.kv.dtype ? c->o->meta.kv.dtype : KILN_F32;
         if (lower_kv_write(c, ni, &a, a.k, a.present_k, a.D) || lower_kv_write(c, ni, &a, a.v, a.present_v, a.Dv))

@@ -24,9 +24,6 @@ static const kiln_cmd commands[] = {
      "kiln run MODEL --ids 1,2,3 [-n N] [--logits out.npy]"},
     {"conformance", kiln_cmd_conformance, "run ONNX backend node tests with the reference interpreter",
      "kiln conformance DIR [--json OUT.json] [--filter SUBSTR] [--timeout SEC] [--mem-limit-mb MB] [-v]"},
-    {"viz", kiln_cmd_viz, "draw the graph (fused kernels as clusters) and the memory plan",
-     "kiln viz MODEL -o OUT.html|OUT.svg|OUT.dot [--passes P,...] [--after PASS] [--bound SYM=N]... "
-     "[--no-verify] [-v]"},
 };
 
 #define N_COMMANDS (int)(sizeof commands / sizeof *commands)

@@ -7,6 +7,7 @@
 #ifndef KILN_PASSES_H
 #define KILN_PASSES_H
 
+#include "kiln_artifact.h"
 #include "kiln_ir.h"
 
 #ifdef __cplusplus
@@ -99,6 +100,15 @@ int64_t kiln_plan_dim(const kiln_graph *g, const kiln_plan *p, kiln_dim d);
 int64_t kiln_plan_value_bytes(const kiln_graph *g, const kiln_plan *p, int vid);
 /* Resolves ALIAS chains to the value that owns the storage. */
 int kiln_plan_root(const kiln_plan *p, int vid);
+
+/* ---- KV cache layout ---- */
+
+/* Bytes the cache described by kv takes (all layers, K and V, all slots). */
+int64_t kiln_kv_bytes(const kiln_kv_desc *kv);
+/* Picks kv->dtype: the activations' type, else 16-bit floats, else int8
+ * with per-head-per-token scales, whichever is widest within budget bytes
+ * (<= 0: no limit). Error when even int8 does not fit. */
+int kiln_kv_choose(kiln_kv_desc *kv, kiln_dtype act, int64_t budget, kiln_err *err);
 
 /* ---- rewriting ---- */
 

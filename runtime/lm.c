@@ -113,6 +113,8 @@ static kiln_lm_slot *get_slot(kiln_model *m, int slot, kiln_err *err)
         const kiln_kv_desc *kv = &m->desc.kv;
         size_t bytes = kiln_dtype_storage(kv->dtype ? kv->dtype : KILN_F32,
                                           (int64_t)kv->kv_heads * kv->max_ctx * kv->head_dim);
+        if (kv->dtype == KILN_I8) /* per-head-per-token f32 scales after the rows */
+            bytes += sizeof(float) * (size_t)kv->kv_heads * (size_t)kv->max_ctx;
         int fn = kv->kind == KILN_KV_FUNCTIONAL;
         s->k = kiln_xcalloc((size_t)kv->n_layers, sizeof(void *));
         s->v = kiln_xcalloc((size_t)kv->n_layers, sizeof(void *));

@@ -166,7 +166,7 @@ static int lm_usage(const char *prog)
     fprintf(stderr,
             "usage: %s [-p PROMPT | -f FILE | --ids 1,2,3 | --batch-file FILE | -i] [-n N] [--temp T]\n"
             "       [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--chat|--no-chat]\n"
-            "       [--system TEXT] [--stop STR]... [-t THREADS] [--weights FILE]\n",
+            "       [--system TEXT] [--stop STR]... [-t THREADS] [--weights FILE] [--logits FILE.npy (with --ids: greedy)]\n",
             prog);
     return 2;
 }
@@ -194,6 +194,7 @@ static char *read_text(const char *path)
 static int kiln_main_lm(int argc, char **argv)
 {
     const char *prompt = NULL, *prompt_file = NULL, *ids_arg = NULL, *batch_file = NULL, *weights = NULL;
+    const char *logits_file = NULL;
     const char *stops[16];
     int interactive = 0, threads = 0, chat = -1;
     kiln_gen_params p;
@@ -220,6 +221,7 @@ static int kiln_main_lm(int argc, char **argv)
         else if (!strcmp(a, "--stop") && more && p.n_stop < 16) stops[p.n_stop++] = argv[++i];
         else if (!strcmp(a, "-t") && more) threads = atoi(argv[++i]);
         else if (!strcmp(a, "--weights") && more) weights = argv[++i];
+        else if (!strcmp(a, "--logits") && more) logits_file = argv[++i];
         else return lm_usage(argv[0]);
     }
     p.stop = stops;
@@ -258,6 +260,33 @@ static int kiln_main_lm(int argc, char **argv)
             q = *end == ',' ? end + 1 : end;
         }
         os.ids_mode = 1;
+        if (logits_file) {
+            /* greedy decoding that records every step's logits [steps, vocab] */
+            int V = kiln_vocab_size(m), steps = p.max_tokens > 0 ? p.max_tokens : 1;
+            float *all = kiln_xcalloc((size_t)steps * (size_t)V, sizeof(float));
+            int r = kiln_lm_forward(m, 0, ids, n, all, msg, sizeof msg);
+            for (int t = 0; r == 0 && t < steps; t++) {
+                int32_t best = 0;
+                for (int v = 1; v < V; v++)
+                    if (all[(size_t)t * V + v] > all[(size_t)t * V + best])
+                        best = v;
+                on_token(&os, best, NULL, 0);
+                if (t + 1 < steps)
+                    r = kiln_lm_forward(m, 0, &best, 1, all + (size_t)(t + 1) * V, msg, sizeof msg);
+            }
+            printf("\n");
+            int64_t dims[2] = {steps, V};
+            if (r == 0 && kiln_npy_write(logits_file, KILN_F32, 2, dims, all, &err))
+                snprintf(msg, sizeof msg, "%s", err.msg), r = -1;
+            free(all);
+            free(ids);
+            if (r) {
+                fprintf(stderr, "%s: %s\n", argv[0], msg);
+                goto done;
+            }
+            rc = 0;
+            goto done;
+        }
         int r = kiln_generate_ids(m, ids, n, &p, on_token, &os, &st, msg, sizeof msg);
         free(ids);
         printf("\n");

@@ -15,7 +15,26 @@ extern const unsigned char kiln_embed_rt_header[], kiln_embed_rt_header_end[];
 
 int kiln_cli_parse_bind(kiln_pass_opts *o, char *arg);
 int kiln_cli_lm_meta(const char *model_path, kiln_graph *g, kiln_build_opts *o, int64_t max_ctx,
-                     kiln_dtype kv_dtype, kiln_err *err);
+                     kiln_dtype kv_dtype, int64_t kv_budget, kiln_err *err);
+
+/* "123", "64K", "512M", "2G" -> bytes; -1 if malformed. */
+static int64_t parse_bytes(const char *s)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || v < 0)
+        return -1;
+    int64_t m = 1;
+    if (*end == 'K' || *end == 'k')
+        m = 1024, end++;
+    else if (*end == 'M' || *end == 'm')
+        m = 1024 * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        m = 1024LL * 1024 * 1024, end++;
+    if (*end == 'B' || *end == 'b')
+        end++;
+    return *end ? -1 : v * m;
+}
 
 static int dump(const char *path, const unsigned char *b, const unsigned char *e, kiln_err *err)
 {
@@ -180,7 +199,8 @@ int kiln_cmd_build(int argc, char **argv)
     const char *path = NULL, *pipeline = NULL;
     int64_t max_ctx = 2048;
     int kv_functional = 0;
-    kiln_dtype kv_dtype = KILN_F32;
+    kiln_dtype kv_dtype = KILN_DT_INVALID; /* chosen by the KV layout pass */
+    int64_t kv_budget = 0;
     kiln_build_opts o;
     memset(&o, 0, sizeof o);
     o.opt_level = 3;
@@ -231,8 +251,14 @@ int kiln_cmd_build(int argc, char **argv)
             }
         } else if (!strcmp(a, "--kv-dtype") && more) {
             kv_dtype = kiln_dtype_from_name(argv[++i]);
-            if (kv_dtype != KILN_F32 && kv_dtype != KILN_F16 && kv_dtype != KILN_BF16) {
-                fprintf(stderr, "kiln build: --kv-dtype takes f32, f16 or bf16\n");
+            if (kv_dtype != KILN_F32 && kv_dtype != KILN_F16 && kv_dtype != KILN_BF16 && kv_dtype != KILN_I8) {
+                fprintf(stderr, "kiln build: --kv-dtype takes f32, f16, bf16 or i8\n");
+                return KILN_EXIT_INPUT;
+            }
+        } else if (!strcmp(a, "--kv-budget") && more) {
+            kv_budget = parse_bytes(argv[++i]);
+            if (kv_budget <= 0) {
+                fprintf(stderr, "kiln build: --kv-budget takes a size in bytes (e.g. 64M)\n");
                 return KILN_EXIT_INPUT;
             }
         } else if (!strcmp(a, "--triple") && more)
@@ -292,7 +318,9 @@ int kiln_cmd_build(int argc, char **argv)
     o.rt_main = rt.main_obj;
     o.rt_header = rt.header;
     snprintf(o.meta.name, sizeof o.meta.name, "%s", g->name);
-    if (kiln_cli_lm_meta(path, g, &o, max_ctx, kv_dtype, &err) < 0) {
+    if (kv_functional)
+        o.meta.kv.kind = KILN_KV_FUNCTIONAL; /* read by the layout choice */
+    if (kiln_cli_lm_meta(path, g, &o, max_ctx, kv_dtype, kv_budget, &err) < 0) {
         fprintf(stderr, "%s: %s\n", path, err.msg);
         goto out;
     }

@@ -12,7 +12,7 @@ static const kiln_cmd commands[] = {
      "kiln eval MODEL --input NAME=FILE.npy ... [--output-dir DIR]"},
     {"build", kiln_cmd_build, "compile a model into an executable or a shared library",
      "kiln build MODEL -o NAME [--target cpu] [--shared] [--weights embed|external] "
-     "[--bound SYM=N]... [--max-ctx N] [--kv-dtype f32|f16|bf16] [--kv-layout inplace|functional] [--triple T] [--cpu NAME] [-O0..3] [--passes P,...] [--verify-each] "
+     "[--bound SYM=N]... [--max-ctx N] [--kv-budget BYTES] [--kv-dtype f32|f16|bf16|i8] [--kv-layout inplace|functional] [--triple T] [--cpu NAME] [-O0..3] [--passes P,...] [--verify-each] "
      "[--emit-obj FILE] [--keep-temps] [-v]"},
     {"ops", kiln_cmd_ops, "list the op registry (--markdown for the IR reference table)",
      "kiln ops [--markdown]"},

@@ -61,7 +61,7 @@ static void set_bound(kiln_pass_opts *o, const char *name, int64_t v)
 }
 
 int kiln_cli_lm_meta(const char *model_path, kiln_graph *g, kiln_build_opts *o, int64_t max_ctx,
-                     kiln_dtype kv_dtype, kiln_err *err)
+                     kiln_dtype kv_dtype, int64_t kv_budget, kiln_err *err)
 {
     int n = g->n_inputs + g->n_outputs;
     kiln_io_desc *io = kiln_xcalloc((size_t)n + 1, sizeof *io);
@@ -108,13 +108,22 @@ int kiln_cli_lm_meta(const char *model_path, kiln_graph *g, kiln_build_opts *o, 
     o->meta.vocab = lt->dims[lt->rank - 1];
     o->meta.bos = o->meta.eos = o->meta.eot = -1;
     o->meta.max_ctx = max_ctx;
-    o->meta.kv.kind = KILN_KV_CONTIGUOUS;
     o->meta.kv.dtype = kv_dtype;
     o->meta.kv.n_layers = n_layers;
     o->meta.kv.kv_heads = kv_heads;
     o->meta.kv.head_dim = head_dim;
     o->meta.kv.max_ctx = max_ctx;
     o->meta.kv.max_batch = 1;
+    if (o->meta.kv.kind == KILN_KV_FUNCTIONAL && kv_dtype != KILN_DT_INVALID && kv_dtype != KILN_F32)
+        return kiln_errf(err, "the functional KV layout keeps the graph's f32 cache; --kv-dtype needs the in-place layout");
+    if (kv_dtype == KILN_DT_INVALID) { /* the KV layout pass decides */
+        if (kiln_kv_choose(&o->meta.kv, KILN_F32, kv_budget, err))
+            return -1;
+    }
+    if (o->verbose)
+        fprintf(stderr, "kiln: KV cache: %s, %d layers x %d heads x %lld positions x %d = %lld bytes per slot\n",
+                kiln_dtype_name(o->meta.kv.dtype), n_layers, kv_heads, (long long)max_ctx, head_dim,
+                (long long)kiln_kv_bytes(&o->meta.kv));
     /* plan for one sequence, prompt chunks of up to 512 tokens, max_ctx positions */
     set_bound(&o->passes, g->syms.syms[sb].name, 1);
     set_bound(&o->passes, g->syms.syms[ss].name, max_ctx < 512 ? max_ctx : 512);

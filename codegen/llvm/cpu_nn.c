@@ -483,10 +483,29 @@ static int lower_kv_write(cg *c, int ni, const attn *a, int cur, int cache, kiln
     LLVMValueRef row = LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, H, ""), h, ""), kc_i64(&k, a->kv_ctx), ""),
                                     LLVMBuildAdd(b, P, ss, ""), "");
     LLVMValueRef dst = LLVMBuildMul(b, row, D, "");
+    LLVMValueRef inv = NULL;
+    if (a->kv_dtype == KILN_I8) {
+        /* symmetric int8 with one f32 scale per head and token, stored after
+         * the int8 rows of the whole cache */
+        kc_loop lm;
+        LLVMValueRef d0 = kc_for(&k, &lm, kc_i64(&k, 0), D, "amax");
+        LLVMValueRef am = kc_phi(&k, &lm, kc_f(&k, CT_F32, 0));
+        LLVMValueRef x = kc_intr1(&k, "llvm.fabs", kc_load(&k, vt(c, cur)->dtype, C, LLVMBuildAdd(b, src, d0, ""), CT_F32));
+        kc_phi_next(&k, &lm, am, kc_intr2(&k, "llvm.maxnum", am, x));
+        kc_for_end(&k, &lm);
+        LLVMValueRef scale = LLVMBuildFDiv(b, am, kc_f(&k, CT_F32, 127), "");
+        LLVMValueRef zero = LLVMBuildFCmp(b, LLVMRealOEQ, am, kc_f(&k, CT_F32, 0), "");
+        inv = LLVMBuildSelect(b, zero, kc_f(&k, CT_F32, 0), LLVMBuildFDiv(b, kc_f(&k, CT_F32, 1), scale, ""), "");
+        LLVMValueRef sbase = LLVMBuildMul(b, LLVMBuildMul(b, LLVMBuildMul(b, kc_dim(&k, a->B), H, ""), kc_i64(&k, a->kv_ctx), ""), D, "");
+        LLVMValueRef sp = LLVMBuildGEP2(b, c->t_i8, O, &sbase, 1, "");
+        kc_store(&k, KILN_F32, sp, row, scale, CT_F32);
+    }
     kc_loop ld;
     LLVMValueRef d = kc_for(&k, &ld, kc_i64(&k, 0), D, "d");
-    kc_store(&k, a->kv_dtype, O, LLVMBuildAdd(b, dst, d, ""),
-             kc_load(&k, vt(c, cur)->dtype, C, LLVMBuildAdd(b, src, d, ""), CT_F32), CT_F32);
+    LLVMValueRef xv = kc_load(&k, vt(c, cur)->dtype, C, LLVMBuildAdd(b, src, d, ""), CT_F32);
+    if (inv)
+        xv = kc_intr1(&k, "llvm.roundeven", LLVMBuildFMul(b, xv, inv, ""));
+    kc_store(&k, a->kv_dtype, O, LLVMBuildAdd(b, dst, d, ""), xv, CT_F32);
     kc_for_end(&k, &ld);
     kc_for_end(&k, &lh);
     kc_for_end(&k, &lr);
@@ -494,6 +513,19 @@ static int lower_kv_write(cg *c, int ni, const attn *a, int cur, int cache, kiln
     kiln_dim trip[2] = {a->B, a->Skv};
     cg_launch(c, k.fn, trip, 2, 16, ni);
     return c->failed ? -1 : 0;
+}
+
+/* f32 scale of int8 cache row j of (b, kv head g): scales follow the int8
+ * rows of the whole [B, Hkv, kv_ctx, D] cache. */
+static LLVMValueRef kv_scale(kc *k, const attn *a, int cache, LLVMValueRef bb, LLVMValueRef g, LLVMValueRef j,
+                             LLVMValueRef Hk, LLVMValueRef D)
+{
+    LLVMBuilderRef b = k->c->b;
+    LLVMValueRef ctx = kc_i64(k, a->kv_ctx);
+    LLVMValueRef sbase = LLVMBuildMul(b, LLVMBuildMul(b, LLVMBuildMul(b, kc_dim(k, a->B), Hk, ""), ctx, ""), D, "");
+    LLVMValueRef sp = LLVMBuildGEP2(b, k->c->t_i8, kc_ptr(k, cache), &sbase, 1, "");
+    LLVMValueRef row = LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Hk, ""), g, ""), ctx, ""), j, "");
+    return kc_load(k, KILN_F32, sp, row, CT_F32);
 }
 
 /* Pointer+offset of key/value row j for (b, kv head g). */
@@ -603,6 +635,8 @@ static int lower_attn_core(cg *c, int ni, const attn *a)
         kc_phi_next(&k, &ld, sa, LLVMBuildFAdd(b, sa, LLVMBuildFMul(b, kc_load(&k, KILN_F32, qp, LLVMBuildAdd(b, qo, d, ""), ct), kv, ""), ""));
         kc_for_end(&k, &ld);
         s = sa;
+        if (a->inplace && kdt == KILN_I8)
+            s = LLVMBuildFMul(b, s, kv_scale(&k, a, a->present_k, bb, g, j, Hk, D), "");
     }
     s = LLVMBuildFMul(b, s, kc_f(&k, ct, a->scale), "");
     LLVMValueRef raw = s;
@@ -667,9 +701,12 @@ static int lower_attn_core(cg *c, int ni, const attn *a)
     LLVMValueRef vo = kv_row(&k, a, a->pv, a->inplace ? a->present_v : a->v, bb, g, j3, P, Skv, Hk, Dv, &vp);
     kc_loop ld2;
     LLVMValueRef d2 = kc_for(&k, &ld2, kc_i64(&k, 0), Dv, "vd");
+    LLVMValueRef pv = p;
+    if (a->inplace && vdt == KILN_I8)
+        pv = LLVMBuildFMul(b, p, kv_scale(&k, a, a->present_v, bb, g, j3, Hk, Dv), "");
     LLVMValueRef vv = kc_load(&k, f32kv ? KILN_F32 : vdt, vp, LLVMBuildAdd(b, vo, d2, ""), ct);
     LLVMValueRef av = kc_load(&k, KILN_F32, acc, d2, ct);
-    kc_store(&k, KILN_F32, acc, d2, LLVMBuildFAdd(b, av, LLVMBuildFMul(b, p, vv, ""), ""), ct);
+    kc_store(&k, KILN_F32, acc, d2, LLVMBuildFAdd(b, av, LLVMBuildFMul(b, pv, vv, ""), ""), ct);
     kc_for_end(&k, &ld2);
     kc_for_end(&k, &lv);
     LLVMValueRef yoff = a->three ? LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Sq, ""), i, ""), Hq, ""), h, ""), Dv, "")

@@ -18,7 +18,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 APT_PKGS="build-essential cmake pkg-config llvm-16-dev libprotobuf-c-dev protobuf-c-compiler \
-libonnx-dev zlib1g-dev libzstd-dev libxml2-dev libz3-dev libtinfo-dev dpkg-dev"
+libonnx-dev zlib1g-dev libzstd-dev libxml2-dev libz3-dev libtinfo-dev dpkg-dev \
+chromium"
 missing=""
 for p in $APT_PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -22,10 +22,63 @@ int kiln_cli_parse_bind(kiln_pass_opts *o, char *arg)
     return 0;
 }
 
+#define MEMORY_TOP 10 /* largest buffers listed by --memory */
+
+/* `kiln ir --memory`: how well the planner packs the arena. Lines are
+ * "key: value" so scripts can read them. */
+static void memory_report(const kiln_graph *g, const kiln_plan *p)
+{
+    printf("memory plan of graph \"%s\" (%d nodes", g->name ? g->name : "", g->n_nodes);
+    for (int i = 0; i < p->n_syms; i++)
+        printf("%s%s=%lld", i ? " " : "; bounds ", g->syms.syms[p->sym_id[i]].name,
+               (long long)p->sym_max[i]);
+    printf(")\n");
+    printf("peak arena bytes: %lld\n", (long long)p->arena_bytes);
+    printf("naive sum bytes: %lld\n", (long long)p->naive_bytes);
+    printf("lower bound bytes: %lld\n", (long long)p->lower_bound);
+    if (p->naive_bytes > 0)
+        printf("peak / naive: %.4f\n", (double)p->arena_bytes / (double)p->naive_bytes);
+    else
+        printf("peak / naive: n/a\n");
+    if (p->lower_bound > 0)
+        printf("peak / lower bound: %.4f\n", (double)p->arena_bytes / (double)p->lower_bound);
+    else
+        printf("peak / lower bound: n/a\n");
+    int n_arena = 0, n_alias = 0, n_fused = 0;
+    for (int v = 0; v < p->n_values; v++) {
+        n_arena += p->bufs[v].kind == KILN_BUF_ARENA;
+        n_alias += p->bufs[v].kind == KILN_BUF_ALIAS;
+        n_fused += p->bufs[v].kind == KILN_BUF_NONE;
+    }
+    printf("arena buffers: %d\naliased values: %d\nvalues inside fused kernels: %d\n", n_arena, n_alias,
+           n_fused);
+    printf("weights bytes: %lld\n", (long long)p->weights_bytes);
+    if (!n_arena)
+        return;
+    /* the largest by selection: MEMORY_TOP passes over the values */
+    char *taken = kiln_xcalloc((size_t)p->n_values + 1, 1);
+    printf("largest buffers:\n  %12s %12s %11s  value (producer)\n", "bytes", "offset", "nodes");
+    for (int r = 0; r < MEMORY_TOP && r < n_arena; r++) {
+        int best = -1;
+        for (int v = 0; v < p->n_values; v++)
+            if (p->bufs[v].kind == KILN_BUF_ARENA && !taken[v] &&
+                (best < 0 || p->bufs[v].bytes > p->bufs[best].bytes))
+                best = v;
+        taken[best] = 1;
+        const kiln_buf *b = &p->bufs[best];
+        char label[256], span[32];
+        snprintf(span, sizeof span, "%d..%d", b->first, b->last);
+        const kiln_node *n = &g->nodes[g->values[best].producer];
+        printf("  %12lld %12lld %11s  %%%s (%s)\n", (long long)b->bytes, (long long)b->offset, span,
+               g->values[best].name, kiln_node_label(g, n, label, sizeof label));
+    }
+    free(taken);
+}
+
 int kiln_cmd_ir(int argc, char **argv)
 {
     const char *path = NULL, *pipeline = NULL, *format = "text";
-    int verify = 1, list = 0;
+    int verify = 1, list = 0, memory = 0;
     kiln_pass_opts o;
     memset(&o, 0, sizeof o);
     for (int i = 1; i < argc; i++) {
@@ -37,6 +90,8 @@ int kiln_cmd_ir(int argc, char **argv)
             list = 1;
         else if (strcmp(argv[i], "-v") == 0)
             o.verbose = 1;
+        else if (strcmp(argv[i], "--memory") == 0)
+            memory = 1;
         else if (strcmp(argv[i], "--passes") == 0 && i + 1 < argc)
             pipeline = argv[++i];
         else if (strncmp(argv[i], "--passes=", 9) == 0)
@@ -45,9 +100,9 @@ int kiln_cmd_ir(int argc, char **argv)
             o.dump_after = argv[++i];
         else if (strcmp(argv[i], "--format") == 0 && i + 1 < argc)
             format = argv[++i];
-        else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc) {
+        else if ((strcmp(argv[i], "--bind") == 0 || strcmp(argv[i], "--bound") == 0) && i + 1 < argc) {
             if (kiln_cli_parse_bind(&o, argv[++i])) {
-                fprintf(stderr, "kiln ir: --bind takes SYMBOL=SIZE\n");
+                fprintf(stderr, "kiln ir: %s takes SYMBOL=SIZE\n", argv[i - 1]);
                 return KILN_EXIT_INPUT;
             }
         } else if (argv[i][0] == '-' && argv[i][1])
@@ -82,6 +137,19 @@ int kiln_cmd_ir(int argc, char **argv)
             kiln_graph_free(g);
             return KILN_EXIT_INPUT;
         }
+    }
+    if (memory) {
+        kiln_plan plan;
+        int rc = 0;
+        if (kiln_plan_memory(g, &o, &plan, &err)) {
+            fprintf(stderr, "%s: memory plan: %s\n", path, err.msg);
+            rc = KILN_EXIT_INPUT;
+        } else {
+            memory_report(g, &plan);
+        }
+        kiln_plan_free(&plan);
+        kiln_graph_free(g);
+        return rc;
     }
     if (strcmp(format, "json") == 0) {
         kiln_sb sb = {0};

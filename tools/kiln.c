@@ -7,7 +7,7 @@
 static const kiln_cmd commands[] = {
     {"ir", kiln_cmd_ir, "load and verify a model, run passes, print its IR",
      "kiln ir MODEL [--passes P1,P2,...] [--after PASS] [--verify-each] [--bind SYM=N]... "
-     "[--format text|json] [--no-verify] [-v] | kiln ir --list-passes"},
+     "[--format text|json] [--memory [--bound SYM=N]...] [--no-verify] [-v] | kiln ir --list-passes"},
     {"eval", kiln_cmd_eval, "run a model with the reference interpreter (.npy in and out)",
      "kiln eval MODEL --input NAME=FILE.npy ... [--output-dir DIR]"},
     {"build", kiln_cmd_build, "compile a model into an executable or a shared library",
@@ -24,6 +24,9 @@ static const kiln_cmd commands[] = {
      "kiln run MODEL --ids 1,2,3 [-n N] [--logits out.npy]"},
     {"conformance", kiln_cmd_conformance, "run ONNX backend node tests with the reference interpreter",
      "kiln conformance DIR [--json OUT.json] [--filter SUBSTR] [--timeout SEC] [--mem-limit-mb MB] [-v]"},
+    {"viz", kiln_cmd_viz, "draw the graph (fused kernels as clusters) and the memory plan",
+     "kiln viz MODEL -o OUT.html|OUT.svg|OUT.dot [--passes P,...] [--after PASS] [--bound SYM=N]... "
+     "[--no-verify] [-v]"},
 };
 
 #define N_COMMANDS (int)(sizeof commands / sizeof *commands)

@@ -4,6 +4,7 @@
  * (renamed into place) only when every step succeeded. */
 #include "kiln_codegen.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,18 +195,70 @@ static int run_cmd(char *const argv[], int verbose, kiln_err *err)
     return 0;
 }
 
-static void rm_tree(const char *dir)
+/* Moves a finished file into place: rename(2), or mv across file systems. */
+static int move_file(const char *from, const char *to, kiln_err *err)
 {
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) {
-        /* best effort: a leftover temp directory is harmless */
+    if (rename(from, to) == 0)
+        return 0;
+    if (errno != EXDEV)
+        return kiln_errf(err, "cannot move the result to %s: %s", to, strerror(errno));
+    char *argv[] = {"mv", "-f", (char *)from, (char *)to, NULL};
+    return run_cmd(argv, 0, err);
+}
+
+/* Removes the build's temporary folder, which holds plain files only
+ * (best effort: a leftover temp folder is harmless). */
+static void rm_tmp(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char p[4400];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            unlink(p);
     }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+/* Symbols the memory plan lists but no value's shape mentions (an input
+ * made static or constant by specialization leaves its symbols unused)
+ * are dropped: no input could bind them at run time. */
+static void mark_dim(const kiln_graph *g, kiln_dim d, char *used)
+{
+    if (!KILN_DIM_IS_SYM(d) || used[KILN_DIM_SYM_ID(d)])
+        return;
+    const kiln_sym *s = &g->syms.syms[KILN_DIM_SYM_ID(d)];
+    used[KILN_DIM_SYM_ID(d)] = 1;
+    if (s->kind != KILN_SYM_VAR) {
+        mark_dim(g, s->a, used);
+        mark_dim(g, s->b, used);
+    }
+}
+
+static void drop_unused_syms(const kiln_graph *g, kiln_plan *p)
+{
+    char *used = kiln_xcalloc((size_t)g->syms.n + 1, 1);
+    for (int v = 0; v < g->n_values; v++) {
+        const kiln_type *t = &g->values[v].type;
+        for (int k = 0; k < t->rank; k++)
+            mark_dim(g, t->dims[k], used);
+    }
+    int n = 0;
+    for (int i = 0; i < p->n_syms; i++)
+        if (used[p->sym_id[i]]) {
+            p->sym_id[n] = p->sym_id[i];
+            p->sym_max[n++] = p->sym_max[i];
+        }
+    p->n_syms = n;
+    free(used);
 }
 
 int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
 {
-    if (!o->out)
+    if (!o->out && !o->emit_object)
         return kiln_errf(err, "no output path");
     if (o->target && strcmp(o->target, "cpu") != 0)
         return kiln_errf(err, "target '%s' is not supported by this build step", o->target);
@@ -223,6 +276,7 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
     snprintf(outtmp, sizeof outtmp, "%s/out.bin", tmp);
     if (kiln_plan_memory(g, &o->passes, &plan, err))
         goto out;
+    drop_unused_syms(g, &plan);
     kiln_build_opts oo = *o;
     uint64_t hash = KILN_FNV_INIT;
     if (plan.weights_bytes && write_weights(g, &plan, wts, &hash, err))
@@ -232,8 +286,7 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
     if (kiln_codegen_cpu(g, &plan, &oo, obj, err))
         goto out;
     if (o->emit_object) {
-        char *argv[] = {"cp", obj, (char *)o->emit_object, NULL};
-        rc = run_cmd(argv, o->verbose, err);
+        rc = move_file(obj, o->emit_object, err);
         goto out;
     }
     int embed = plan.weights_bytes && !o->weights_external;
@@ -291,8 +344,7 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
         if (o->shared && dot && (!slash || dot > slash) && !strcmp(dot, ".so"))
             *dot = 0;
         strncat(wdst, ".weights", sizeof wdst - strlen(wdst) - 1);
-        char *argv[] = {"mv", wts, wdst, NULL};
-        if (run_cmd(argv, 0, err))
+        if (move_file(wts, wdst, err))
             goto out;
     }
     if (o->shared && o->rt_header) {
@@ -305,17 +357,14 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
         if (run_cmd(argv, 0, err))
             goto out;
     }
-    {
-        char *argv[] = {"mv", "-f", outtmp, (char *)o->out, NULL};
-        if (run_cmd(argv, 0, err))
-            goto out;
-    }
+    if (move_file(outtmp, o->out, err))
+        goto out;
     rc = 0;
 out:
     kiln_plan_free(&plan);
     if (o->keep_temps)
         fprintf(stderr, "kiln: intermediate files kept in %s\n", tmp);
     else
-        rm_tree(tmp);
+        rm_tmp(tmp);
     return rc;
 }

@@ -28,6 +28,12 @@ static const kiln_dtype_info dtype_table[KILN_DT_COUNT] = {
     [KILN_Q8_0] = {"q8_0", 32, 34, 1, 0, 1, 1},
     [KILN_Q4_K] = {"q4_k", 256, 144, 1, 0, 1, 1},
     [KILN_Q6_K] = {"q6_k", 256, 210, 1, 0, 1, 1},
+    [KILN_I2] = {"i2", 4, 1, 0, 1, 1, 0},
+    [KILN_U2] = {"u2", 4, 1, 0, 1, 0, 0},
+    [KILN_F4E2M1] = {"f4e2m1", 2, 1, 1, 0, 1, 0},
+    [KILN_F8E4M3FNUZ] = {"f8e4m3fnuz", 1, 1, 1, 0, 1, 0},
+    [KILN_F8E5M2FNUZ] = {"f8e5m2fnuz", 1, 1, 1, 0, 1, 0},
+    [KILN_F8E8M0] = {"f8e8m0", 1, 1, 1, 0, 0, 0},
 };
 
 const kiln_dtype_info *kiln_dtype_get(kiln_dtype dt)
@@ -193,6 +199,101 @@ uint8_t kiln_f32_to_f8e5m2(float f, int saturate)
     return (uint8_t)(sign | c);
 }
 
+/* Value of a sign-less minifloat code with `mb` mantissa bits and bias
+ * `bias`, every exponent field finite (the FNUZ and 4-bit layouts). */
+static float minifloat_decode(int code, int mb, int bias)
+{
+    int e = code >> mb, m = code & ((1 << mb) - 1);
+    if (e == 0)
+        return ldexpf((float)m, 1 - bias - mb);
+    return ldexpf((float)((1 << mb) | m), e - bias - mb);
+}
+
+/* ---- FNUZ float8: no infinities, one zero, 0x80 is the NaN ---- */
+
+static float fnuz_to_f32(uint8_t v, int mb, int bias)
+{
+    if (v == 0x80)
+        return NAN;
+    float r = minifloat_decode(v & 0x7f, mb, bias);
+    return (v & 0x80) ? -r : r;
+}
+
+static uint8_t f32_to_fnuz(float f, int saturate, int mb, int bias, double maxv)
+{
+    if (isnan(f))
+        return 0x80;
+    uint8_t sign = signbit(f) ? 0x80 : 0;
+    if (isinf(f))
+        return saturate ? (uint8_t)(sign | 0x7f) : 0x80;
+    double a = fabs((double)f);
+    int c = a == 0 ? 0 : minifloat_encode(a, mb, bias, maxv);
+    if (c < 0)
+        return saturate ? (uint8_t)(sign | 0x7f) : 0x80;
+    return c == 0 ? 0 : (uint8_t)(sign | c); /* 0x80 is taken by NaN: no -0 */
+}
+
+float kiln_f8e4m3fnuz_to_f32(uint8_t v) { return fnuz_to_f32(v, 3, 8); }
+uint8_t kiln_f32_to_f8e4m3fnuz(float f, int saturate) { return f32_to_fnuz(f, saturate, 3, 8, 240.0); }
+float kiln_f8e5m2fnuz_to_f32(uint8_t v) { return fnuz_to_f32(v, 2, 16); }
+uint8_t kiln_f32_to_f8e5m2fnuz(float f, int saturate)
+{
+    return f32_to_fnuz(f, saturate, 2, 16, 57344.0);
+}
+
+/* ---- f4e2m1: sign, 2 exponent bits (bias 1), 1 mantissa bit ---- */
+
+float kiln_f4e2m1_to_f32(uint8_t v)
+{
+    float r = minifloat_decode(v & 7, 1, 1);
+    return (v & 8) ? -r : r;
+}
+
+uint8_t kiln_f32_to_f4e2m1(float f)
+{
+    uint8_t sign = signbit(f) ? 8 : 0;
+    if (isnan(f)) /* no NaN: ml_dtypes, and so ONNX's reference, give -0 (0 for -NaN) */
+        return sign ^ 8;
+    double a = fabs((double)f);
+    if (isinf(f))
+        return sign | 7;
+    int c = a == 0 ? 0 : minifloat_encode(a, 1, 1, 6.0);
+    return (uint8_t)(sign | (c < 0 ? 7 : c));
+}
+
+/* ---- f8e8m0: 2^(v-127) ---- */
+
+float kiln_f8e8m0_to_f32(uint8_t v) { return v == 0xff ? NAN : ldexpf(1.0f, v - 127); }
+
+/* Follows the Cast spec's table, as onnxruntime does. onnx's reference
+ * differs outside it: it maps infinities to NaN even when saturating, zero to
+ * 2^-127 when not, and reads f32 subnormals by their exponent field. */
+uint8_t kiln_f32_to_f8e8m0(float f, int saturate, int round_mode)
+{
+    if (isnan(f))
+        return 0xff;
+    if (!(f > 0) || isinf(f)) { /* the format has no zero, sign or infinity */
+        if (!saturate)
+            return 0xff;
+        return f > 0 ? 0xfe : 0;
+    }
+    if (!saturate && (f < 0x1p-127f || f > 0x1p127f))
+        return 0xff;
+    int ex;
+    double fr = frexp((double)f, &ex); /* f = fr * 2^ex, fr in [0.5, 1) */
+    int e = ex - 1;
+    if (fr != 0.5 && (round_mode == KILN_ROUND_UP || (round_mode == KILN_ROUND_NEAREST && fr >= 0.75)))
+        e++;
+    if (e < -127)
+        e = -127;
+    if (e > 127) {
+        if (!saturate)
+            return 0xff;
+        e = 127;
+    }
+    return (uint8_t)(e + 127);
+}
+
 /* ---- element load / store ---- */
 
 double kiln_load_f64(kiln_dtype dt, const void *data, int64_t i)
@@ -205,6 +306,10 @@ double kiln_load_f64(kiln_dtype dt, const void *data, int64_t i)
     case KILN_F64: return ((const double *)data)[i];
     case KILN_F8E4M3: return kiln_f8e4m3_to_f32(p[i]);
     case KILN_F8E5M2: return kiln_f8e5m2_to_f32(p[i]);
+    case KILN_F8E4M3FNUZ: return kiln_f8e4m3fnuz_to_f32(p[i]);
+    case KILN_F8E5M2FNUZ: return kiln_f8e5m2fnuz_to_f32(p[i]);
+    case KILN_F8E8M0: return kiln_f8e8m0_to_f32(p[i]);
+    case KILN_F4E2M1: return kiln_f4e2m1_to_f32((uint8_t)((p[i >> 1] >> ((i & 1) * 4)) & 0xf));
     case KILN_BOOL: return p[i] ? 1.0 : 0.0;
     case KILN_U64: return (double)((const uint64_t *)data)[i];
     default:
@@ -232,6 +337,11 @@ int64_t kiln_load_i64(kiln_dtype dt, const void *data, int64_t i)
         return v >= 8 ? v - 16 : v;
     }
     case KILN_U4: return (p[i >> 1] >> ((i & 1) * 4)) & 0xf;
+    case KILN_I2: {
+        int v = (p[i >> 2] >> ((i & 3) * 2)) & 3;
+        return v >= 2 ? v - 4 : v;
+    }
+    case KILN_U2: return (p[i >> 2] >> ((i & 3) * 2)) & 3;
     default: {
         double v = kiln_load_f64(dt, data, i);
         if (isnan(v))
@@ -267,6 +377,14 @@ void kiln_store_f64(kiln_dtype dt, void *data, int64_t i, double v)
     case KILN_F64: ((double *)data)[i] = v; return;
     case KILN_F8E4M3: p[i] = kiln_f32_to_f8e4m3((float)v, 1); return;
     case KILN_F8E5M2: p[i] = kiln_f32_to_f8e5m2((float)v, 1); return;
+    case KILN_F8E4M3FNUZ: p[i] = kiln_f32_to_f8e4m3fnuz((float)v, 1); return;
+    case KILN_F8E5M2FNUZ: p[i] = kiln_f32_to_f8e5m2fnuz((float)v, 1); return;
+    case KILN_F8E8M0: p[i] = kiln_f32_to_f8e8m0((float)v, 1, KILN_ROUND_NEAREST); return;
+    case KILN_F4E2M1: {
+        int sh = (int)(i & 1) * 4;
+        p[i >> 1] = (uint8_t)((p[i >> 1] & ~(0xf << sh)) | (kiln_f32_to_f4e2m1((float)v) << sh));
+        return;
+    }
     case KILN_BOOL: p[i] = v != 0; return;
     case KILN_I8: ((int8_t *)data)[i] = (int8_t)clamp_i64(v, -128, 127); return;
     case KILN_U8: p[i] = (uint8_t)clamp_i64(v, 0, 255); return;
@@ -278,8 +396,12 @@ void kiln_store_f64(kiln_dtype dt, void *data, int64_t i, double v)
     case KILN_U64:
         ((uint64_t *)data)[i] = (isnan(v) || v < 0) ? 0 : v >= 1.8446744073709552e19 ? UINT64_MAX : (uint64_t)v;
         return;
-    case KILN_I4: kiln_store_i64(dt, data, i, clamp_i64(v, -8, 7)); return;
-    case KILN_U4: kiln_store_i64(dt, data, i, clamp_i64(v, 0, 15)); return;
+    case KILN_I4:
+    case KILN_U4:
+    case KILN_I2:
+    case KILN_U2: /* wrap, as ml_dtypes and the generated code do */
+        kiln_store_i64(dt, data, i, clamp_i64(v, -9.2233720368547758e18, 9.2233720368547748e18));
+        return;
     default: return;
     }
 }
@@ -303,6 +425,42 @@ void kiln_store_i64(kiln_dtype dt, void *data, int64_t i, int64_t v)
         p[i >> 1] = (uint8_t)((p[i >> 1] & ~(0xf << sh)) | ((v & 0xf) << sh));
         return;
     }
+    case KILN_I2:
+    case KILN_U2: {
+        int sh = (int)(i & 3) * 2;
+        p[i >> 2] = (uint8_t)((p[i >> 2] & ~(3 << sh)) | ((v & 3) << sh));
+        return;
+    }
     default: kiln_store_f64(dt, data, i, (double)v); return;
     }
+}
+
+void kiln_store_cast(kiln_dtype dt, void *data, int64_t i, double v, int saturate, int round_mode)
+{
+    uint8_t *p = data;
+    switch (dt) {
+    case KILN_F8E4M3: p[i] = kiln_f32_to_f8e4m3((float)v, saturate); return;
+    case KILN_F8E5M2: p[i] = kiln_f32_to_f8e5m2((float)v, saturate); return;
+    case KILN_F8E4M3FNUZ: p[i] = kiln_f32_to_f8e4m3fnuz((float)v, saturate); return;
+    case KILN_F8E5M2FNUZ: p[i] = kiln_f32_to_f8e5m2fnuz((float)v, saturate); return;
+    case KILN_F8E8M0: p[i] = kiln_f32_to_f8e8m0((float)v, saturate, round_mode); return;
+    default: kiln_store_f64(dt, data, i, v); return; /* integers truncate like C casts */
+    }
+}
+
+void kiln_elem_copy(kiln_dtype dt, void *dst, int64_t di, const void *src, int64_t si)
+{
+    const kiln_dtype_info *d = kiln_dtype_get(dt);
+    uint8_t *o = dst;
+    const uint8_t *in = src;
+    if (d->is_quant)
+        return;
+    if (d->block_elems == 1) {
+        memcpy(o + di * d->block_bytes, in + si * d->block_bytes, (size_t)d->block_bytes);
+        return;
+    }
+    int per = d->block_elems, bits = 8 / per, mask = (1 << bits) - 1;
+    int v = (in[si / per] >> ((si % per) * bits)) & mask;
+    int sh = (int)(di % per) * bits;
+    o[di / per] = (uint8_t)((o[di / per] & ~(mask << sh)) | (v << sh));
 }

@@ -54,6 +54,13 @@ typedef enum kiln_dtype {
     KILN_Q8_0,
     KILN_Q4_K,
     KILN_Q6_K,
+    /* Later additions go here: artifacts record these numbers. */
+    KILN_I2, /* packed four per byte, lowest bits first */
+    KILN_U2,
+    KILN_F4E2M1,     /* packed two per byte like i4; values up to 6, no inf/NaN */
+    KILN_F8E4M3FNUZ, /* no inf, no -0, NaN is 0x80, max 240 */
+    KILN_F8E5M2FNUZ, /* no inf, no -0, NaN is 0x80, max 57344 */
+    KILN_F8E8M0,     /* exponent only: 2^(v-127), NaN is 0xff (MX scales) */
     KILN_DT_COUNT
 } kiln_dtype;
 
@@ -83,11 +90,43 @@ float kiln_f8e4m3_to_f32(uint8_t v);
 uint8_t kiln_f32_to_f8e4m3(float f, int saturate);
 float kiln_f8e5m2_to_f32(uint8_t v);
 uint8_t kiln_f32_to_f8e5m2(float f, int saturate);
+/* FNUZ float8: out-of-range values and infinities become +-max when
+ * saturating, else NaN (0x80); -0 becomes 0. */
+float kiln_f8e4m3fnuz_to_f32(uint8_t v);
+uint8_t kiln_f32_to_f8e4m3fnuz(float f, int saturate);
+float kiln_f8e5m2fnuz_to_f32(uint8_t v);
+uint8_t kiln_f32_to_f8e5m2fnuz(float f, int saturate);
+/* 4-bit float, the code in the low nibble. Always saturates to +-6 (the
+ * format has no inf); NaN becomes -0 and -NaN 0, as in ml_dtypes (ONNX's
+ * reference). */
+float kiln_f4e2m1_to_f32(uint8_t v);
+uint8_t kiln_f32_to_f4e2m1(float f);
+
+/* Rounding of a float to a power of two (f8e8m0, ONNX Cast's round_mode). */
+enum { KILN_ROUND_UP, KILN_ROUND_DOWN, KILN_ROUND_NEAREST };
+float kiln_f8e8m0_to_f32(uint8_t v);
+/* Rounds f > 0 up or down to a power of two, or to the nearer one (ties
+ * up). Saturating, +inf and values past 2^127 give 2^127, and zero,
+ * negatives and values below 2^-127 give 2^-127; otherwise all of those
+ * are NaN (0xff). NaN stays NaN. */
+uint8_t kiln_f32_to_f8e8m0(float f, int saturate, int round_mode);
 
 /* Element i of a buffer as double / written from double (plain and packed
- * types; not block formats). Integers convert like C casts, bool as !=0. */
+ * types; not block formats). Stores round to nearest, saturate where the
+ * type has no infinity (float8, f4e2m1, f8e8m0) and clamp for integers 8
+ * bits and wider; 2- and 4-bit integers truncate and keep the low bits (as
+ * ONNX's reference and kiln's code generator do). Bool is v != 0. */
 double kiln_load_f64(kiln_dtype dt, const void *data, int64_t i);
 void kiln_store_f64(kiln_dtype dt, void *data, int64_t i, double v);
+/* Element i written from v (a float, or an integer exact in a double) with
+ * ONNX Cast's rules: float8 targets honour `saturate`, f8e8m0 also
+ * `round_mode`; integer targets truncate toward zero; bool is v != 0. */
+void kiln_store_cast(kiln_dtype dt, void *data, int64_t i, double v, int saturate,
+                     int round_mode);
+/* Copies element si of src to element di of dst, both of type dt, bit for
+ * bit: packed 2- and 4-bit types (f4e2m1 included) need this rather than a
+ * round trip through the _i64 forms. Not for block formats. */
+void kiln_elem_copy(kiln_dtype dt, void *dst, int64_t di, const void *src, int64_t si);
 /* Integer element exactly (no rounding through double). */
 int64_t kiln_load_i64(kiln_dtype dt, const void *data, int64_t i);
 void kiln_store_i64(kiln_dtype dt, void *data, int64_t i, int64_t v);
@@ -114,7 +153,8 @@ typedef struct kiln_npy {
 } kiln_npy;
 
 int kiln_npy_read(const char *path, kiln_npy *out, kiln_err *err);
-/* bf16/f8/i4 are widened to f32/i8 on write since numpy lacks them. */
+/* Types numpy lacks are widened on write: bf16 and the 8- and 4-bit floats
+ * to f32, 2- and 4-bit integers to i8/u8. */
 int kiln_npy_write(const char *path, kiln_dtype dt, int rank, const int64_t *dims,
                    const void *data, kiln_err *err);
 void kiln_npy_free(kiln_npy *a);

@@ -145,16 +145,16 @@ int kiln_npy_write(const char *path, kiln_dtype dt, int rank, const int64_t *dim
     int64_t n = 1;
     for (int i = 0; i < rank; i++)
         n *= dims[i];
-    /* numpy has no bf16/f8/i4: widen so the file is usable */
+    /* numpy has no bf16, 8- or 4-bit floats, 2- or 4-bit integers: widen
+     * so the file is usable */
+    const kiln_dtype_info *di = kiln_dtype_get(dt);
     kiln_dtype wdt = dt;
     void *tmp = NULL;
-    if (dt == KILN_BF16 || dt == KILN_F8E4M3 || dt == KILN_F8E5M2)
+    if (di->is_float && !di->is_quant && dt != KILN_F32 && dt != KILN_F16 && dt != KILN_F64)
         wdt = KILN_F32;
-    else if (dt == KILN_I4)
-        wdt = KILN_I8;
-    else if (dt == KILN_U4)
-        wdt = KILN_U8;
-    else if (kiln_dtype_get(dt)->is_quant) {
+    else if (di->is_int && di->block_elems > 1)
+        wdt = di->is_signed ? KILN_I8 : KILN_U8;
+    else if (di->is_quant) {
         wdt = KILN_F32;
         tmp = kiln_xmalloc(sizeof(float) * (size_t)(n ? n : 1));
         kiln_dequant_row(dt, data, tmp, n);

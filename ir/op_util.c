@@ -236,7 +236,7 @@ void kiln_copy_elem(kiln_tensor *dst, int64_t di, const kiln_tensor *src, int64_
         size_t es = (size_t)inf->block_bytes;
         memcpy((char *)dst->data + (size_t)di * es, (const char *)src->data + (size_t)si * es, es);
     } else {
-        kiln_store_i64(dst->dtype, dst->data, di, kiln_load_i64(src->dtype, src->data, si));
+        kiln_elem_copy(dst->dtype, dst->data, di, src->data, si);
     }
 }
 
@@ -252,7 +252,7 @@ void kiln_copy_elems(kiln_tensor *dst, int64_t di, const kiln_tensor *src, int64
         return;
     }
     for (int64_t k = 0; k < n; k++)
-        kiln_store_i64(dst->dtype, dst->data, di + k, kiln_load_i64(src->dtype, src->data, si + k));
+        kiln_elem_copy(dst->dtype, dst->data, di + k, src->data, si + k);
 }
 
 int kiln_require_unquant(kiln_infer_ctx *c, int i)

@@ -532,7 +532,7 @@ static int where_eval(kiln_eval_ctx *c)
         const kiln_tensor *src = cond ? c->in[1] : c->in[2];
         int64_t so = cond ? off[1] : off[2];
         if (packed)
-            kiln_store_i64(o->dtype, o->data, k, kiln_load_i64(src->dtype, src->data, so));
+            kiln_elem_copy(o->dtype, o->data, k, src->data, so);
         else
             memcpy((char *)o->data + (size_t)k * es, (const char *)src->data + (size_t)so * es, es);
         kiln_next_index(idx, o->dims, o->rank, 3, off, st);
@@ -589,13 +589,25 @@ static const kiln_op_def op_clip = {"Clip", 1, 3, 1, 1, NULL, KILN_OP_ELEMENTWIS
 
 static const kiln_attr_spec attrs_cast[] = {{"to", KILN_ATTR_DTYPE, 1, 0, 0, 0},
                                             {"saturate", KILN_ATTR_INT, 0, 1, 0, 0},
+                                            {"round_mode", KILN_ATTR_STRING, 0, 0, 0, "up"},
                                             {0}};
 
-static int cast_infer(kiln_infer_ctx *c)
+/* round_mode (only f8e8m0 targets use it) as KILN_ROUND_*, -1 if unknown. */
+static int cast_round_mode(const kiln_node *n)
 {
-    kiln_dtype to = (kiln_dtype)kiln_node_int(c->node, "to");
+    const char *s = kiln_node_string(n, "round_mode");
+    return !strcmp(s, "up") ? KILN_ROUND_UP : !strcmp(s, "down") ? KILN_ROUND_DOWN
+         : !strcmp(s, "nearest") ? KILN_ROUND_NEAREST : -1;
+}
+
+/* Checks shared by Cast and CastLike; the result has x's shape and type `to`. */
+static int cast_common_infer(kiln_infer_ctx *c, kiln_dtype to)
+{
     if (kiln_dtype_get(to)->is_quant || kiln_dtype_get(c->in[0]->dtype)->is_quant)
         return OPERR(c, "Cast does not handle block-quantized types (use Dequantize)");
+    if (cast_round_mode(c->node) < 0)
+        return OPERR(c, "round_mode must be \"up\", \"down\" or \"nearest\", got \"%s\"",
+                     kiln_node_string(c->node, "round_mode"));
     c->out[0] = *c->in[0];
     c->out[0].dtype = to;
     if (c->in_sym[0]) /* casts of shape vectors keep their known contents */
@@ -603,30 +615,27 @@ static int cast_infer(kiln_infer_ctx *c)
     return 0;
 }
 
+static int cast_infer(kiln_infer_ctx *c)
+{
+    return cast_common_infer(c, (kiln_dtype)kiln_node_int(c->node, "to"));
+}
+
 static int cast_eval(kiln_eval_ctx *c)
 {
     const kiln_tensor *x = c->in[0];
     kiln_tensor *o = c->out[0];
     int64_t n = kiln_tensor_numel(o);
-    int sat = (int)kiln_node_int(c->node, "saturate");
+    int sat = kiln_node_int(c->node, "saturate") != 0, mode = cast_round_mode(c->node);
     int from_int = kiln_dtype_is_intlike(x->dtype), to_int = kiln_dtype_is_intlike(o->dtype);
     for (int64_t i = 0; i < n; i++) {
-        if (from_int && (to_int || o->dtype == KILN_BOOL)) {
+        if (from_int && to_int) { /* exact, wrapping like two's complement */
             kiln_store_i64(o->dtype, o->data, i, kiln_load_i64(x->dtype, x->data, i));
         } else if (from_int) {
             int64_t v = kiln_load_i64(x->dtype, x->data, i);
             double d = x->dtype == KILN_U64 ? (double)(uint64_t)v : (double)v;
-            kiln_store_f64(o->dtype, o->data, i, d);
+            kiln_store_cast(o->dtype, o->data, i, d, sat, mode);
         } else {
-            double v = kiln_load_f64(x->dtype, x->data, i);
-            if (o->dtype == KILN_F8E4M3)
-                ((uint8_t *)o->data)[i] = kiln_f32_to_f8e4m3((float)v, sat);
-            else if (o->dtype == KILN_F8E5M2)
-                ((uint8_t *)o->data)[i] = kiln_f32_to_f8e5m2((float)v, sat);
-            else if (o->dtype == KILN_F32 || o->dtype == KILN_F64 || !to_int)
-                kiln_store_f64(o->dtype, o->data, i, v);
-            else
-                kiln_store_f64(o->dtype, o->data, i, trunc(v));
+            kiln_store_cast(o->dtype, o->data, i, kiln_load_f64(x->dtype, x->data, i), sat, mode);
         }
     }
     return 0;
@@ -636,13 +645,10 @@ static const kiln_op_def op_cast = {"Cast", 1, 1, 1, 1, attrs_cast, KILN_OP_ELEM
                                     cast_eval, "convert element type", NULL};
 
 /* CastLike(x, like): Cast to like's element type. */
-static int castlike_infer(kiln_infer_ctx *c)
-{
-    c->out[0] = *c->in[0];
-    c->out[0].dtype = c->in[1]->dtype;
-    return 0;
-}
-static const kiln_attr_spec attrs_castlike[] = {{"saturate", KILN_ATTR_INT, 0, 1, 0, 0}, {0}};
+static int castlike_infer(kiln_infer_ctx *c) { return cast_common_infer(c, c->in[1]->dtype); }
+static const kiln_attr_spec attrs_castlike[] = {{"saturate", KILN_ATTR_INT, 0, 1, 0, 0},
+                                                {"round_mode", KILN_ATTR_STRING, 0, 0, 0, "up"},
+                                                {0}};
 static const kiln_op_def op_castlike = {"CastLike", 2, 2, 1, 1, attrs_castlike, KILN_OP_ELEMENTWISE,
                                         castlike_infer, cast_eval,
                                         "convert to the element type of the second input", NULL};

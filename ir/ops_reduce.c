@@ -114,6 +114,8 @@ static void int_range(kiln_dtype dt, int64_t *lo, int64_t *hi)
     case KILN_BOOL: *lo = 0; *hi = 1; break;
     case KILN_I4: *lo = -8; *hi = 7; break;
     case KILN_U4: *lo = 0; *hi = 15; break;
+    case KILN_I2: *lo = -2; *hi = 1; break;
+    case KILN_U2: *lo = 0; *hi = 3; break;
     case KILN_I8: *lo = INT8_MIN; *hi = INT8_MAX; break;
     case KILN_U8: *lo = 0; *hi = UINT8_MAX; break;
     case KILN_I16: *lo = INT16_MIN; *hi = INT16_MAX; break;

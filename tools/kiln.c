@@ -12,7 +12,7 @@ static const kiln_cmd commands[] = {
      "kiln eval MODEL --input NAME=FILE.npy ... [--output-dir DIR]"},
     {"build", kiln_cmd_build, "compile a model into an executable or a shared library",
      "kiln build MODEL -o NAME [--target cpu] [--shared] [--weights embed|external] "
-     "[--bound SYM=N]... [--max-ctx N] [--kv-budget BYTES] [--kv-dtype f32|f16|bf16|i8] [--kv-layout inplace|functional] [--triple T] [--cpu NAME] [-O0..3] [--passes P,...] [--verify-each] "
+     "[--bound SYM=N]... [--bind-input NAME=FILE.npy]... [--bind-shape NAME=D0,D1,...]... [--max-ctx N] [--kv-budget BYTES] [--kv-dtype f32|f16|bf16|i8] [--kv-layout inplace|functional] [--triple T] [--cpu NAME] [--features F] [-O0..3] [--passes P,...] [--verify-each] "
      "[--emit-obj FILE] [--keep-temps] [-v]"},
     {"ops", kiln_cmd_ops, "list the op registry (--markdown for the IR reference table)",
      "kiln ops [--markdown]"},
@@ -21,9 +21,10 @@ static const kiln_cmd commands[] = {
      "       [--chat [--system S] | --chat-text] [--no-special] [--no-parse-special] [--skip-special]\n"
      "       [--save FILE.ktok] [--info] [--time] [--batch] [--normalize]"},
     {"run", kiln_cmd_run, "greedy decoding of an LM with the reference interpreter (the oracle)",
-     "kiln run MODEL --ids 1,2,3 [-n N] [--logits out.npy]"},
-    {"conformance", kiln_cmd_conformance, "run ONNX backend node tests with the reference interpreter",
-     "kiln conformance DIR [--json OUT.json] [--filter SUBSTR] [--timeout SEC] [--mem-limit-mb MB] [-v]"},
+     "kiln run MODEL --ids 1,2,3 [-n N] [--logits out.npy] [-v]"},
+    {"conformance", kiln_cmd_conformance, "run ONNX backend node tests (reference interpreter or compiled CPU code)",
+     "kiln conformance DIR [--target interp|cpu] [-O0..3] [-j N] [--transformer-set] [--json OUT.json] "
+     "[--filter SUBSTR] [--timeout SEC] [--mem-limit-mb MB] [-v]"},
     {"viz", kiln_cmd_viz, "draw the graph (fused kernels as clusters) and the memory plan",
      "kiln viz MODEL -o OUT.html|OUT.svg|OUT.dot [--passes P,...] [--after PASS] [--bound SYM=N]... "
      "[--no-verify] [-v]"},

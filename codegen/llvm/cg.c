@@ -152,11 +152,52 @@ LLVMValueRef kc_convert(kc *k, LLVMValueRef v, ctype from, ctype to)
     return from == CT_F32 ? LLVMBuildFPExt(c->b, v, c->t_f64, "") : LLVMBuildFPTrunc(c->b, v, c->t_f32, "");
 }
 
+/* Types loaded and stored inline; every other (plain or packed) type goes
+ * through the runtime's element functions, which define them for the
+ * interpreter too, so new dtypes work without code here. */
+static int native_dtype(kiln_dtype dt)
+{
+    switch (dt) {
+    case KILN_F32: case KILN_F64: case KILN_F16: case KILN_BF16: case KILN_F8E4M3: case KILN_F8E5M2:
+    case KILN_I8: case KILN_U8: case KILN_I16: case KILN_U16: case KILN_I32: case KILN_U32:
+    case KILN_I64: case KILN_U64: case KILN_BOOL: case KILN_I4: case KILN_U4:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static LLVMValueRef dtype_arg(cg *c, kiln_dtype dt) { return LLVMConstInt(c->t_i32, (unsigned)dt, 0); }
+
+/* kiln_load_i64 / kiln_load_f64 (integers exactly, others as double). */
+static LLVMValueRef load_rt(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, ctype ct)
+{
+    cg *c = k->c;
+    int is_int = kiln_dtype_get(dt)->is_int;
+    LLVMTypeRef pt[3] = {c->t_i32, c->t_ptr, c->t_i64};
+    LLVMValueRef a[3] = {dtype_arg(c, dt), base, idx};
+    LLVMValueRef v = call_rt(k, is_int ? "kiln_load_i64" : "kiln_load_f64", is_int ? c->t_i64 : c->t_f64, pt, 3, a);
+    return kc_convert(k, v, is_int ? CT_I64 : CT_F64, ct);
+}
+
+/* kiln_store_i64 for integers computed as integers (wrapping), else
+ * kiln_store_f64 (rounding, saturating). */
+static void store_rt(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, LLVMValueRef v, ctype ct)
+{
+    cg *c = k->c;
+    int as_int = ct == CT_I64 && kiln_dtype_get(dt)->is_int;
+    LLVMTypeRef pt[4] = {c->t_i32, c->t_ptr, c->t_i64, as_int ? c->t_i64 : c->t_f64};
+    LLVMValueRef a[4] = {dtype_arg(c, dt), base, idx, as_int ? v : kc_convert(k, v, ct, CT_F64)};
+    call_rt(k, as_int ? "kiln_store_i64" : "kiln_store_f64", c->t_void, pt, 4, a);
+}
+
 LLVMValueRef kc_load(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, ctype ct)
 {
     cg *c = k->c;
     LLVMValueRef v;
     ctype have;
+    if (!native_dtype(dt))
+        return load_rt(k, dt, base, idx, ct);
     if (dt == KILN_I4 || dt == KILN_U4) {
         LLVMValueRef byte_i = LLVMBuildLShr(c->b, idx, kc_i64(k, 1), "");
         LLVMValueRef p = LLVMBuildGEP2(c->b, c->t_i8, base, &byte_i, 1, "");
@@ -224,6 +265,10 @@ void kc_store(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, LLVMVal
 {
     cg *c = k->c;
     LLVMValueRef out;
+    if (!native_dtype(dt)) {
+        store_rt(k, dt, base, idx, v, ct);
+        return;
+    }
     if (dt == KILN_I4 || dt == KILN_U4) {
         LLVMValueRef iv = ct == CT_I64 ? v : fp_to_int_sat(k, v, ct, c->t_i64, 0);
         LLVMValueRef byte_i = LLVMBuildLShr(c->b, idx, kc_i64(k, 1), "");
@@ -275,6 +320,21 @@ void kc_store(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, LLVMVal
     }
     LLVMValueRef p = LLVMBuildGEP2(c->b, st, base, &idx, 1, "");
     LLVMBuildStore(c->b, out, p);
+}
+
+void kc_store_cast(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, LLVMValueRef v, ctype ct,
+                   int saturate, int round_mode)
+{
+    cg *c = k->c;
+    int inline_ok = native_dtype(dt) && (saturate || (dt != KILN_F8E4M3 && dt != KILN_F8E5M2));
+    if (inline_ok || (!kiln_dtype_get(dt)->is_float && ct == CT_I64)) {
+        kc_store(k, dt, base, idx, v, ct);
+        return;
+    }
+    LLVMTypeRef pt[6] = {c->t_i32, c->t_ptr, c->t_i64, c->t_f64, c->t_i32, c->t_i32};
+    LLVMValueRef a[6] = {dtype_arg(c, dt), base, idx, kc_convert(k, v, ct, CT_F64),
+                         LLVMConstInt(c->t_i32, (unsigned)saturate, 0), LLVMConstInt(c->t_i32, (unsigned)round_mode, 0)};
+    call_rt(k, "kiln_store_cast", c->t_void, pt, 6, a);
 }
 
 LLVMValueRef kc_round_to(kc *k, LLVMValueRef v, kiln_dtype dt, ctype ct)
@@ -483,7 +543,9 @@ void kc_call_dequant(kc *k, kiln_dtype dt, LLVMValueRef src, LLVMValueRef dst, L
 }
 
 /* Stack buffer of n floats in the entry block (n: compile-time bound). */
-LLVMValueRef kc_entry_alloca(kc *k, int64_t n)
+LLVMValueRef kc_entry_alloca(kc *k, int64_t n) { return kc_entry_alloca_t(k, k->c->t_f32, n); }
+
+LLVMValueRef kc_entry_alloca_t(kc *k, LLVMTypeRef t, int64_t n)
 {
     cg *c = k->c;
     LLVMBasicBlockRef cur = LLVMGetInsertBlock(c->b);
@@ -493,7 +555,7 @@ LLVMValueRef kc_entry_alloca(kc *k, int64_t n)
         LLVMPositionBuilderBefore(c->b, first);
     else
         LLVMPositionBuilderAtEnd(c->b, entry);
-    LLVMValueRef a = LLVMBuildArrayAlloca(c->b, c->t_f32, kc_i64(k, n), "row");
+    LLVMValueRef a = LLVMBuildArrayAlloca(c->b, t, kc_i64(k, n), "row");
     LLVMSetAlignment(a, 64);
     LLVMPositionBuilderAtEnd(c->b, cur);
     return a;

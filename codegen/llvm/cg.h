@@ -69,6 +69,10 @@ LLVMTypeRef kc_ctype_llvm(kc *k, ctype t);
  * type ct. */
 LLVMValueRef kc_load(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, ctype ct);
 void kc_store(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, LLVMValueRef v, ctype ct);
+/* Store with ONNX Cast's rules (kiln_store_cast): float8 targets honour
+ * saturate, f8e8m0 round_mode (a KILN_ROUND_* code). */
+void kc_store_cast(kc *k, kiln_dtype dt, LLVMValueRef base, LLVMValueRef idx, LLVMValueRef v, ctype ct,
+                   int saturate, int round_mode);
 /* Converts between compute types (ints truncate toward zero like C). */
 LLVMValueRef kc_convert(kc *k, LLVMValueRef v, ctype from, ctype to);
 /* Rounds a computed value to what storing it as dt and loading it back

@@ -12,7 +12,7 @@
 
 static const char *const map_ops[] = {
     "Where", "Clip", "Cast", "CastLike", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
-    "Identity", "Expand", "Slice", "Gather", "GatherElements", "Tile", "Pad", "Trilu", "Range",
+    "Identity", "Expand", "Slice", "Gather", "GatherElements", "GatherND", "Tile", "Pad", "Trilu", "Range",
     "ConstantOfShape", "Shape", "Size", "EyeLike", "Concat", "Split", "Dropout", "OneHot",
     "FastGelu", "BiasGelu", "QuickGelu", NULL,
 };
@@ -95,6 +95,15 @@ static LLVMValueRef map_value(kc *k, const kiln_node *n, int which, LLVMValueRef
     if (IS("Dropout") && which == 1) { /* inference mode: the mask keeps everything */
         *rct = CT_I64;
         return kc_i64(k, 1);
+    }
+    if (IS("Cast") || IS("CastLike")) {
+        /* the store converts (see map_store); integers going to floats are
+         * loaded as floats so unsigned 64-bit values convert correctly */
+        ctype ict = kc_ctype(vt(c, n->inputs[0])->dtype);
+        if (ict == CT_I64 && oct != CT_I64)
+            ict = oct;
+        *rct = ict;
+        return load_bcast(k, n, 0, idx, orank, ict);
     }
     if (((n->op->flags & KILN_OP_ELEMENTWISE) && !IS("Identity") && !IS("Dropout")) || IS("FastGelu") ||
         IS("BiasGelu") || IS("QuickGelu")) {
@@ -202,6 +211,31 @@ static LLVMValueRef map_value(kc *k, const kiln_node *n, int which, LLVMValueRef
         for (int d = 0; d < orank; d++)
             in_idx[d] = d == axis ? gi : idx[d];
         return kc_load(k, it->dtype, kc_ptr(k, n->inputs[0]), dot(k, in_idx, ist, orank), oct);
+    }
+    if (IS("GatherND")) {
+        /* out[b.., i.., r..] = data[b.., indices[b.., i.., :], r..] */
+        const kiln_type *it = vt(c, n->inputs[0]), *xt = vt(c, n->inputs[1]);
+        int bd = (int)kiln_node_int(n, "batch_dims"), ri = xt->rank - 1;
+        kiln_dim qd = xt->dims[ri];
+        if (!KILN_DIM_IS_STATIC(qd) || bd + qd > it->rank) {
+            cg_fail(c, n, "GatherND index depth must be known at compile time");
+            return kc_f(k, oct, 0);
+        }
+        int q = (int)qd;
+        LLVMValueRef ist[KILN_MAX_RANK], xst[KILN_MAX_RANK], in_idx[KILN_MAX_RANK];
+        kc_strides(k, it, ist);
+        kc_strides(k, xt, xst);
+        LLVMValueRef xbase = dot(k, idx, xst, ri);
+        for (int d = 0; d < bd; d++)
+            in_idx[d] = idx[d];
+        for (int j = 0; j < q; j++) {
+            LLVMValueRef gi = kc_load(k, xt->dtype, kc_ptr(k, n->inputs[1]), LLVMBuildAdd(b, xbase, kc_i64(k, j), ""), CT_I64);
+            LLVMValueRef dim = kc_dim(k, it->dims[bd + j]);
+            in_idx[bd + j] = LLVMBuildSelect(b, LLVMBuildICmp(b, LLVMIntSLT, gi, kc_i64(k, 0), ""), LLVMBuildAdd(b, gi, dim, ""), gi, "");
+        }
+        for (int d = bd + q; d < it->rank; d++)
+            in_idx[d] = idx[ri + d - bd - q];
+        return kc_load(k, it->dtype, kc_ptr(k, n->inputs[0]), dot(k, in_idx, ist, it->rank), oct);
     }
     if (IS("Tile")) {
         const kiln_type *it = vt(c, n->inputs[0]);
@@ -352,6 +386,20 @@ static LLVMValueRef map_value(kc *k, const kiln_node *n, int which, LLVMValueRef
     return kc_f(k, oct, 0);
 }
 
+/* Stores a map kernel's element: Cast's own conversion rules for Cast. */
+static void map_store(kc *k, const kiln_node *n, kiln_dtype dt, LLVMValueRef base, LLVMValueRef off,
+                      LLVMValueRef v, ctype ct)
+{
+    const char *op = n->op->name;
+    if (IS("Cast") || IS("CastLike")) {
+        const char *rm = kiln_node_string(n, "round_mode");
+        int mode = !strcmp(rm, "down") ? KILN_ROUND_DOWN : !strcmp(rm, "nearest") ? KILN_ROUND_NEAREST : KILN_ROUND_UP;
+        kc_store_cast(k, dt, base, off, v, ct, kiln_node_int(n, "saturate") != 0, mode);
+        return;
+    }
+    kc_store(k, dt, base, off, v, ct);
+}
+
 /* Grain: outer iterations per thread chunk, aiming at ~32K elements. */
 static int64_t grain_for(cg *c, const kiln_type *t)
 {
@@ -388,7 +436,7 @@ static int map_kernel(cg *c, int ni, int which, const kiln_type *it, int dst, in
     if (rank == 0) {
         ctype ct;
         LLVMValueRef v = map_value(&k, n, which, idx, &ct);
-        kc_store(&k, dt->dtype, optr, base_off, v, ct);
+        map_store(&k, n, dt->dtype, optr, base_off, v, ct);
     } else {
         idx[0] = kc_for(&k, &loops[0], k.begin, k.end, "d0");
         for (int d = 1; d < rank; d++)
@@ -396,7 +444,7 @@ static int map_kernel(cg *c, int ni, int which, const kiln_type *it, int dst, in
         ctype ct;
         LLVMValueRef v = map_value(&k, n, which, idx, &ct);
         LLVMValueRef off = LLVMBuildAdd(b, base_off, dot(&k, idx, dst_st, rank), "");
-        kc_store(&k, dt->dtype, optr, off, v, ct);
+        map_store(&k, n, dt->dtype, optr, off, v, ct);
         for (int d = rank - 1; d >= 0; d--)
             kc_for_end(&k, &loops[d]);
     }

@@ -237,99 +237,182 @@ static int lower_mm(cg *c, int ni, const mm *p)
     return c->failed ? -1 : 0;
 }
 
-/* ---- Einsum: a generic loop nest over output and summed letters ---- */
+/* ---- Einsum: a generic loop nest over output and summed labels ----
+ * Labels: 'A'-'Z' -> 0..25, 'a'-'z' -> 26..51 (ASCII order, which is
+ * numpy's implicit output order), ellipsis dim j -> 52 + j, right-aligned
+ * across operands. Inference already checked the equation against the
+ * operands; a mismatch here only fails the build. */
+
+#define ES_LETTERS 52
+#define ES_MAX (ES_LETTERS + KILN_MAX_RANK)
+
+typedef struct esum {
+    int lab[KILN_MAX_OP_INPUTS][KILN_MAX_RANK]; /* label of each operand dim */
+    int nout, out[KILN_MAX_RANK];
+    int nsum, sum[ES_MAX];
+} esum;
+
+static int es_label(char ch)
+{
+    if (ch >= 'A' && ch <= 'Z')
+        return ch - 'A';
+    if (ch >= 'a' && ch <= 'z')
+        return 26 + ch - 'a';
+    return -1;
+}
+
+static int es_letters(const char *s, size_t len, int *has_ell)
+{
+    int n = 0;
+    *has_ell = 0;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == '.')
+            *has_ell = 1;
+        else
+            n++;
+    return n;
+}
+
+/* Labels of a term for `rank` dims; -1 if it does not fit. */
+static int es_expand(const char *s, size_t len, int rank, int ell_rank, int *lab)
+{
+    int has_ell, nl = es_letters(s, len, &has_ell), ell_n = rank - nl, d = 0;
+    if (rank > KILN_MAX_RANK || ell_n < 0 || (!has_ell && ell_n) || ell_n > ell_rank)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '.') {
+            for (int j = 0; j < ell_n; j++)
+                lab[d++] = ES_LETTERS + ell_rank - ell_n + j;
+            i += 2;
+            continue;
+        }
+        if ((lab[d++] = es_label(s[i])) < 0)
+            return -1;
+    }
+    return d == rank ? 0 : -1;
+}
+
+static int es_plan(const char *eq, const kiln_type *const *in, int nin, esum *p)
+{
+    char buf[512];
+    size_t n = 0;
+    for (const char *s = eq; *s && n + 1 < sizeof buf; s++)
+        if (*s != ' ' && *s != '\t')
+            buf[n++] = *s;
+    buf[n] = 0;
+    memset(p, 0, sizeof *p);
+    const char *arrow = strstr(buf, "->");
+    size_t lhs = arrow ? (size_t)(arrow - buf) : n, start[KILN_MAX_OP_INPUTS], len[KILN_MAX_OP_INPUTS];
+    size_t pos = 0;
+    int ell_rank = 0;
+    for (int i = 0; i < nin; i++) {
+        size_t end = pos;
+        while (end < lhs && buf[end] != ',')
+            end++;
+        if ((end == lhs) != (i == nin - 1))
+            return -1;
+        start[i] = pos;
+        len[i] = end - pos;
+        int has_ell, nl = es_letters(buf + pos, len[i], &has_ell);
+        if (has_ell && in[i]->rank - nl > ell_rank)
+            ell_rank = in[i]->rank - nl;
+        pos = end + 1;
+    }
+    int count[ES_MAX] = {0}, in_out[ES_MAX] = {0};
+    for (int i = 0; i < nin; i++) {
+        if (es_expand(buf + start[i], len[i], in[i]->rank, ell_rank, p->lab[i]))
+            return -1;
+        for (int d = 0; d < in[i]->rank; d++)
+            count[p->lab[i][d]]++;
+    }
+    if (arrow) {
+        int has_ell, nl = es_letters(arrow + 2, strlen(arrow + 2), &has_ell);
+        p->nout = nl + (has_ell ? ell_rank : 0);
+        if (es_expand(arrow + 2, strlen(arrow + 2), p->nout, ell_rank, p->out))
+            return -1;
+    } else { /* implicit: broadcast dims, then the labels used exactly once */
+        for (int j = 0; j < ell_rank; j++)
+            p->out[p->nout++] = ES_LETTERS + j;
+        for (int l = 0; l < ES_LETTERS; l++)
+            if (count[l] == 1) {
+                if (p->nout == KILN_MAX_RANK)
+                    return -1;
+                p->out[p->nout++] = l;
+            }
+    }
+    for (int k = 0; k < p->nout; k++)
+        in_out[p->out[k]] = 1;
+    for (int l = 0; l < ES_MAX; l++)
+        if (count[l] && !in_out[l])
+            p->sum[p->nsum++] = l;
+    return 0;
+}
 
 static int lower_einsum(cg *c, int ni)
 {
     const kiln_node *n = &c->g->nodes[ni];
-    const char *eq = kiln_node_string(n, "equation");
-    char terms[KILN_MAX_OP_INPUTS][KILN_MAX_RANK + 1], out[KILN_MAX_RANK + 1];
-    int nt = 0;
-    const char *p = eq;
-    char *arrow = strstr(eq, "->");
-    if (!arrow || strchr(eq, '.'))
-        return cg_fail(c, n, "Einsum without an explicit '->' output or with '...' is not lowered yet");
-    while (p < arrow && nt < n->n_inputs) {
-        int l = 0;
-        while (p < arrow && *p != ',') {
-            if (*p != ' ' && l < KILN_MAX_RANK)
-                terms[nt][l++] = *p;
-            p++;
-        }
-        terms[nt++][l] = 0;
-        if (*p == ',')
-            p++;
-    }
-    int ol = 0;
-    for (p = arrow + 2; *p; p++)
-        if (*p != ' ' && ol < KILN_MAX_RANK)
-            out[ol++] = *p;
-    out[ol] = 0;
-    /* letters: output first, then summed */
-    char letters[64];
-    kiln_dim ldim[64];
-    int nl = 0;
-    for (int i = 0; i < ol; i++)
-        letters[nl++] = out[i];
-    for (int t = 0; t < nt; t++)
-        for (int i = 0; terms[t][i]; i++)
-            if (!memchr(letters, terms[t][i], (size_t)nl))
-                letters[nl++] = terms[t][i];
-    for (int l = 0; l < nl; l++) {
-        ldim[l] = KILN_DIM_ANY;
-        for (int t = 0; t < nt && ldim[l] == KILN_DIM_ANY; t++)
-            for (int i = 0; terms[t][i]; i++)
-                if (terms[t][i] == letters[l]) {
-                    const kiln_type *tt = vt(c, n->inputs[t]);
-                    if (tt->dims[i] != 1 || ldim[l] == KILN_DIM_ANY)
-                        ldim[l] = tt->dims[i];
-                }
-    }
+    const kiln_type *ins[KILN_MAX_OP_INPUTS];
+    for (int t = 0; t < n->n_inputs; t++)
+        ins[t] = vt(c, n->inputs[t]);
     const kiln_type *ot = vt(c, n->outputs[0]);
+    esum p;
+    if (es_plan(kiln_node_string(n, "equation"), ins, n->n_inputs, &p) || p.nout != ot->rank)
+        return cg_fail(c, n, "equation '%s' does not fit the operands", kiln_node_string(n, "equation"));
+    /* loop labels: output first, then summed */
+    int order[ES_MAX], nl = 0, ol = p.nout;
+    kiln_dim ldim[ES_MAX];
+    for (int k = 0; k < p.nout; k++) {
+        ldim[nl] = ot->dims[k];
+        order[nl++] = p.out[k];
+    }
+    for (int k = 0; k < p.nsum; k++) {
+        int l = p.sum[k];
+        ldim[nl] = 1; /* every dim with the label may be a broadcast 1 */
+        for (int t = 0; t < n->n_inputs; t++)
+            for (int d = 0; d < ins[t]->rank; d++)
+                if (p.lab[t][d] == l && !(KILN_DIM_IS_STATIC(ins[t]->dims[d]) && ins[t]->dims[d] == 1))
+                    ldim[nl] = ins[t]->dims[d];
+        order[nl++] = l;
+    }
     kc k;
     kc_begin(c, &k, n);
     LLVMBuilderRef bl = c->b;
-    LLVMValueRef idx[64];
-    kc_loop loops[64];
+    LLVMValueRef idx[ES_MAX];
+    kc_loop loops[ES_MAX];
     ctype ct = kc_ctype(ot->dtype) == CT_I64 ? CT_I64 : CT_F64;
-    /* output loops (outer one parallel), then the reduction */
-    int par = ol > 0;
+    /* output loops (the outer one split across threads), then the sums */
     for (int l = 0; l < ol; l++)
         idx[l] = kc_for(&k, &loops[l], l == 0 ? k.begin : kc_i64(&k, 0), l == 0 ? k.end : kc_dim(&k, ldim[l]), "o");
-    if (!par) {
-        /* rank-0 output: run once */
-    }
-    LLVMValueRef acc0 = kc_f(&k, ct, 0);
-    LLVMValueRef acc = acc0;
-    kc_loop red[64];
-    LLVMValueRef phis[64];
+    LLVMValueRef acc0 = kc_f(&k, ct, 0), phis[ES_MAX];
     for (int l = ol; l < nl; l++) {
-        idx[l] = kc_for(&k, &red[l], kc_i64(&k, 0), kc_dim(&k, ldim[l]), "r");
-        phis[l] = kc_phi(&k, &red[l], l == ol ? acc0 : phis[l - 1]);
+        idx[l] = kc_for(&k, &loops[l], kc_i64(&k, 0), kc_dim(&k, ldim[l]), "r");
+        phis[l] = kc_phi(&k, &loops[l], l == ol ? acc0 : phis[l - 1]);
     }
     LLVMValueRef prod = kc_f(&k, ct, 1);
-    for (int t = 0; t < nt; t++) {
-        const kiln_type *tt = vt(c, n->inputs[t]);
+    for (int t = 0; t < n->n_inputs; t++) {
         LLVMValueRef st[KILN_MAX_RANK], off = kc_i64(&k, 0);
-        kc_strides(&k, tt, st);
-        for (int i = 0; terms[t][i]; i++) {
-            int l = (int)((char *)memchr(letters, terms[t][i], (size_t)nl) - letters);
-            LLVMValueRef ii = (KILN_DIM_IS_STATIC(tt->dims[i]) && tt->dims[i] == 1) ? kc_i64(&k, 0) : idx[l];
-            off = LLVMBuildAdd(bl, off, LLVMBuildMul(bl, ii, st[i], ""), "");
+        kc_strides(&k, ins[t], st);
+        for (int d = 0; d < ins[t]->rank; d++) {
+            int l = 0;
+            while (order[l] != p.lab[t][d])
+                l++;
+            /* a broadcast unit dim stays at 0; a repeated label walks the diagonal */
+            if (KILN_DIM_IS_STATIC(ins[t]->dims[d]) && ins[t]->dims[d] == 1)
+                continue;
+            off = LLVMBuildAdd(bl, off, LLVMBuildMul(bl, idx[l], st[d], ""), "");
         }
-        LLVMValueRef v = kc_load(&k, tt->dtype, kc_ptr(&k, n->inputs[t]), off, ct);
+        LLVMValueRef v = kc_load(&k, ins[t]->dtype, kc_ptr(&k, n->inputs[t]), off, ct);
         prod = ct == CT_I64 ? LLVMBuildMul(bl, prod, v, "") : LLVMBuildFMul(bl, prod, v, "");
     }
+    LLVMValueRef acc = prod;
     if (nl > ol) {
         LLVMValueRef last = phis[nl - 1];
         LLVMValueRef nx = ct == CT_I64 ? LLVMBuildAdd(bl, last, prod, "") : LLVMBuildFAdd(bl, last, prod, "");
         for (int l = nl - 1; l >= ol; l--) {
-            kc_phi_next(&k, &red[l], phis[l], l == nl - 1 ? nx : phis[l + 1]);
-            kc_for_end(&k, &red[l]);
+            kc_phi_next(&k, &loops[l], phis[l], l == nl - 1 ? nx : phis[l + 1]);
+            kc_for_end(&k, &loops[l]);
         }
         acc = phis[ol];
-    } else {
-        acc = prod;
     }
     LLVMValueRef ost[KILN_MAX_RANK], ooff = kc_i64(&k, 0);
     kc_strides(&k, ot, ost);
@@ -339,11 +422,8 @@ static int lower_einsum(cg *c, int ni)
     for (int l = ol - 1; l >= 0; l--)
         kc_for_end(&k, &loops[l]);
     kc_end(&k);
+    /* a rank-0 output ignores begin/end: launch exactly once */
     kiln_dim trip = ol ? ldim[0] : 1;
-    if (!ol) {
-        /* rank-0 output ignores begin/end: launch exactly once */
-        trip = 1;
-    }
     cg_launch(c, k.fn, &trip, 1, 1, ni);
     return c->failed ? -1 : 0;
 }

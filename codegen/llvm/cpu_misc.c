@@ -87,11 +87,8 @@ static int lower_topk(cg *c, int ni)
     ctype ct = kc_ctype(xt->dtype) == CT_I64 ? CT_I64 : CT_F64;
     LLVMTypeRef et = kc_ctype_llvm(&k, ct);
     /* scratch lists (values as f64/i64 and indices) */
-    LLVMBasicBlockRef cur = LLVMGetInsertBlock(b);
-    LLVMPositionBuilderBefore(b, LLVMGetFirstInstruction(LLVMGetEntryBasicBlock(k.fn)));
-    LLVMValueRef vals = LLVMBuildArrayAlloca(b, et, kc_i64(&k, Kd + 1), "vals");
-    LLVMValueRef idxs = LLVMBuildArrayAlloca(b, c->t_i64, kc_i64(&k, Kd + 1), "idxs");
-    LLVMPositionBuilderAtEnd(b, cur);
+    LLVMValueRef vals = kc_entry_alloca_t(&k, et, Kd + 1);
+    LLVMValueRef idxs = kc_entry_alloca_t(&k, c->t_i64, Kd + 1);
     LLVMValueRef X = kc_ptr(&k, n->inputs[0]);
     kc_loop lr;
     LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "line");

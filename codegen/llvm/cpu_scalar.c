@@ -161,9 +161,7 @@ LLVMValueRef cg_scalar(kc *k, const kiln_node *n, LLVMValueRef *a, const ctype *
         }
         return LLVMBuildFMul(b, LLVMBuildFMul(b, kc_f(k, t, 0.5), x, ""), LLVMBuildFAdd(b, kc_f(k, t, 1), inner, ""), "");
     }
-    /* binary and variadic */
-    if (!y)
-        goto unknown;
+    /* variadic (one input allowed), then binary */
     if (IS("Add") || IS("Sum") || IS("Mean")) {
         LLVMValueRef acc = x;
         for (int i = 1; i < n->n_inputs; i++)
@@ -180,6 +178,8 @@ LLVMValueRef cg_scalar(kc *k, const kiln_node *n, LLVMValueRef *a, const ctype *
                      : isel(k, mx ? LLVMIntSGT : LLVMIntSLT, acc, a[i], acc, a[i]);
         return acc;
     }
+    if (!y)
+        goto unknown;
     if (IS("Sub")) return fl ? LLVMBuildFSub(b, x, y, "") : LLVMBuildSub(b, x, y, "");
     if (IS("Mul")) return fl ? LLVMBuildFMul(b, x, y, "") : LLVMBuildMul(b, x, y, "");
     if (IS("Div")) {

@@ -333,23 +333,6 @@ static void refine_type(kiln_value *v, const Onnx__TypeProto *tp, const kiln_str
     v->type = t;
 }
 
-/* ONNX packs 4-bit tensors over the flattened elements, kiln per row (two
- * per byte along the last dim): the layouts agree only for even rows. */
-static int check_packed(onnx_ctx *c, int vid)
-{
-    const kiln_value *v = &c->g->values[vid];
-    const kiln_type *t = &v->type;
-    if (t->dtype != KILN_I4 && t->dtype != KILN_U4)
-        return 0;
-    if (t->rank == 0 || (t->rank > 0 && KILN_DIM_IS_STATIC(t->dims[t->rank - 1]) &&
-                         t->dims[t->rank - 1] % 2)) {
-        kiln_errf(c->err, "%s: '%s': %s tensors with an odd last dimension are not supported "
-                  "(kiln packs 4-bit values per row)", c->path, v->name, kiln_dtype_name(t->dtype));
-        return unsup(c);
-    }
-    return 0;
-}
-
 /* ---- the model ---- */
 
 static void setup_opsets(onnx_ctx *c, const Onnx__ModelProto *m)
@@ -428,10 +411,6 @@ kiln_graph *kiln_import_onnx(const char *path, kiln_onnx_status *status, kiln_er
         if (add_initializer(&c, &m.split.inits[i], i))
             goto done;
 
-    for (int v = 0; v < c.g->n_values; v++)
-        if (check_packed(&c, v))
-            goto done;
-
     /* graph inputs that are not initializers (old models list both) */
     for (size_t i = 0; i < gp->n_input; i++) {
         const Onnx__ValueInfoProto *vi = gp->input[i];
@@ -454,8 +433,6 @@ kiln_graph *kiln_import_onnx(const char *path, kiln_onnx_status *status, kiln_er
             kiln_err_prefix(err, "%s: ", path);
             goto done;
         }
-        if (check_packed(&c, id))
-            goto done;
     }
 
     /* declared types of intermediate values and outputs, by name */
@@ -491,9 +468,6 @@ kiln_graph *kiln_import_onnx(const char *path, kiln_onnx_status *status, kiln_er
             if (c.g->values[v].kind == KILN_VAL_NODE)
                 refine_type(&c.g->values[v], vi->type, &params);
         }
-        for (int v = before; v < c.g->n_values; v++)
-            if (check_packed(&c, v))
-                goto done;
     }
 
     int *outs = kiln_xmalloc(sizeof(int) * (gp->n_output + 1));

@@ -654,13 +654,6 @@ static int convert_legacy(pnode *p)
         if (sp && sp->i != 1)
             return perr(p, 1, "spatial=0 (per-element statistics) is not supported");
     }
-    if (strcmp(op, "Cast") == 0 || strcmp(op, "CastLike") == 0) {
-        /* round_mode (opset 24) only affects float8e8m0, which kiln lacks */
-        const Onnx__AttributeProto *rm = take(p, "round_mode");
-        char s[32];
-        if (rm && strcmp(attr_str(rm, s, sizeof s), "up") != 0)
-            return perr(p, 1, "round_mode '%s' is not supported", s);
-    }
     if (strcmp(op, "ConstantOfShape") == 0)
         return convert_constant_of_shape(p);
     if (strcmp(op, "Swish") == 0)

@@ -20,11 +20,11 @@ static const struct {
     {11, "DOUBLE", KILN_F64},     {12, "UINT32", KILN_U32},
     {13, "UINT64", KILN_U64},     {14, "COMPLEX64", KILN_DT_INVALID},
     {15, "COMPLEX128", KILN_DT_INVALID}, {16, "BFLOAT16", KILN_BF16},
-    {17, "FLOAT8E4M3FN", KILN_F8E4M3},   {18, "FLOAT8E4M3FNUZ", KILN_DT_INVALID},
-    {19, "FLOAT8E5M2", KILN_F8E5M2},     {20, "FLOAT8E5M2FNUZ", KILN_DT_INVALID},
+    {17, "FLOAT8E4M3FN", KILN_F8E4M3},   {18, "FLOAT8E4M3FNUZ", KILN_F8E4M3FNUZ},
+    {19, "FLOAT8E5M2", KILN_F8E5M2},     {20, "FLOAT8E5M2FNUZ", KILN_F8E5M2FNUZ},
     {21, "UINT4", KILN_U4},       {22, "INT4", KILN_I4},
-    {23, "FLOAT4E2M1", KILN_DT_INVALID}, {24, "FLOAT8E8M0", KILN_DT_INVALID},
-    {25, "UINT2", KILN_DT_INVALID},      {26, "INT2", KILN_DT_INVALID},
+    {23, "FLOAT4E2M1", KILN_F4E2M1},     {24, "FLOAT8E8M0", KILN_F8E8M0},
+    {25, "UINT2", KILN_U2},       {26, "INT2", KILN_I2},
     {27, "FLOAT6E2M3", KILN_DT_INVALID}, {28, "FLOAT6E3M2", KILN_DT_INVALID},
 };
 #define N_DTYPES (int)(sizeof dtypes / sizeof *dtypes)
@@ -142,9 +142,12 @@ int onnx_tensor_inline_data(const Onnx__TensorProto *t, const kiln_type *ty, con
                 kiln_store_i64(dt, d, i, (int64_t)t->uint64_data[i]);
         break;
     case KILN_I4:
-    case KILN_U4: /* int32_data holds the packed bytes, two elements each */
-        if ((int64_t)t->n_int32_data != (n + 1) / 2)
-            rc = count_err(err, what, "int32_data", t->n_int32_data, (n + 1) / 2);
+    case KILN_U4:
+    case KILN_F4E2M1:
+    case KILN_I2:
+    case KILN_U2: /* int32_data holds the packed bytes, two or four elements each */
+        if (t->n_int32_data != nb)
+            rc = count_err(err, what, "int32_data", t->n_int32_data, (int64_t)nb);
         else
             for (size_t i = 0; i < t->n_int32_data; i++)
                 d[i] = (uint8_t)t->int32_data[i];

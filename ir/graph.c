@@ -277,8 +277,24 @@ char *kiln_graph_fresh_name(const kiln_graph *g, const char *prefix)
     char buf[256];
     for (int i = g->n_values;; i++) {
         snprintf(buf, sizeof buf, "%s%d", prefix, i);
-        if (kiln_graph_find(g, buf) < 0)
+        if (kiln_graph_find(g, buf) < 0 && (!g->reserve || kiln_graph_find(g->reserve, buf) < 0))
             return kiln_xstrdup(buf);
+    }
+}
+
+/* A fresh name that is also none of the names a node is about to define. */
+static char *fresh_output_name(const kiln_graph *g, const char *const *taken, int n)
+{
+    for (int salt = 0;; salt++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, salt ? "t%d_" : "t", salt);
+        char *nm = kiln_graph_fresh_name(g, prefix);
+        int clash = 0;
+        for (int i = 0; taken && i < n; i++)
+            clash |= taken[i] && !strcmp(taken[i], nm);
+        if (!clash)
+            return nm;
+        free(nm);
     }
 }
 
@@ -662,7 +678,7 @@ int kiln_graph_add_node(kiln_graph *g, const char *opname, const char *node_name
     g->n_nodes++;
     for (int i = 0; i < n_outputs; i++) {
         char *fresh = NULL;
-        const char *nm = out_names && out_names[i] ? out_names[i] : (fresh = kiln_graph_fresh_name(g, "t"));
+        const char *nm = out_names && out_names[i] ? out_names[i] : (fresh = fresh_output_name(g, out_names, n_outputs));
         int vid = new_value(g, nm, &c.out[i], KILN_VAL_NODE, err);
         free(fresh);
         n = &g->nodes[ni];

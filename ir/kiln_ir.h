@@ -204,6 +204,10 @@ typedef struct kiln_graph {
     int n_files;
     kiln_symtab syms;
     kiln_strmap names; /* value name -> value id */
+    /* While a pass rebuilds a graph into this one, the source's names are
+     * reserved too, so fresh names never collide with values still to be
+     * copied (not owned). */
+    const struct kiln_graph *reserve;
 } kiln_graph;
 
 kiln_graph *kiln_graph_new(const char *name);

@@ -14,6 +14,7 @@ static const kiln_pass passes[] = {
     {"canonicalize", kiln_pass_canonicalize,
      "constant folding, dead code and common subexpression elimination, shape chains to reshapes, "
      "transposes folded into matmuls"},
+    {"fuse", kiln_pass_fuse, "decomposed norms, GELU/SiLU, softmax, RoPE and attention to single ops; merge projections sharing an input"},
 };
 
 #define N_PASSES (int)(sizeof passes / sizeof *passes)
@@ -28,7 +29,7 @@ const kiln_pass *kiln_pass_find(const char *name)
 
 int kiln_pass_count(void) { return N_PASSES; }
 const kiln_pass *kiln_pass_at(int i) { return i >= 0 && i < N_PASSES ? &passes[i] : NULL; }
-const char *kiln_default_pipeline(void) { return "canonicalize"; }
+const char *kiln_default_pipeline(void) { return "canonicalize,fuse,canonicalize"; }
 
 /* ---- random inputs ---- */
 
@@ -222,6 +223,7 @@ void kiln_rw_begin(kiln_rewriter *rw, kiln_graph *src)
     rw->src = src;
     rw->dst = kiln_graph_new(src->name);
     kiln_graph *d = rw->dst;
+    d->reserve = src;
     if (src->base_dir)
         d->base_dir = kiln_xstrdup(src->base_dir);
     /* variables first, in their order, so printed graphs stay stable */
@@ -324,6 +326,7 @@ kiln_graph *kiln_rw_end(kiln_rewriter *rw, kiln_err *err)
     free(rw->map);
     kiln_graph_free(rw->src);
     kiln_graph *d = rw->dst;
+    d->reserve = NULL;
     memset(rw, 0, sizeof *rw);
     return d;
 }

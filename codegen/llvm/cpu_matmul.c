@@ -16,6 +16,90 @@
 
 static const kiln_type *vt(cg *c, int vid) { return &c->g->values[vid].type; }
 
+/* ---- weight rows to f32 ----
+ * GGML blocks of 32 decoded with vector IR (no call per row): Q4_0
+ * x = (q-8)*d, Q4_1 x = q*d + m (low nibbles are elements 0..15 of a block,
+ * high nibbles 16..31), Q8_0 x = q*d. Returns 0 if handled. */
+
+static LLVMValueRef splat_i8(cg *c, int v, int n)
+{
+    LLVMValueRef e[32];
+    for (int i = 0; i < n; i++)
+        e[i] = LLVMConstInt(c->t_i8, (unsigned long long)v, 0);
+    return LLVMConstVector(e, (unsigned)n);
+}
+
+static LLVMValueRef splat_f(kc *k, LLVMValueRef f, int n)
+{
+    cg *c = k->c;
+    LLVMTypeRef vt16 = LLVMVectorType(c->t_f32, (unsigned)n);
+    LLVMValueRef v = LLVMBuildInsertElement(c->b, LLVMGetUndef(vt16), f, kc_i64(k, 0), "");
+    return LLVMBuildShuffleVector(c->b, v, LLVMGetUndef(vt16), LLVMConstNull(LLVMVectorType(c->t_i32, (unsigned)n)), "");
+}
+
+static LLVMValueRef load_half(kc *k, LLVMValueRef p)
+{
+    LLVMValueRef h = LLVMBuildLoad2(k->c->b, k->c->t_f16, p, "");
+    LLVMSetAlignment(h, 1);
+    return LLVMBuildFPExt(k->c->b, h, k->c->t_f32, "");
+}
+
+static void store_vec(kc *k, LLVMValueRef dst, LLVMValueRef idx, LLVMValueRef v)
+{
+    LLVMValueRef p = LLVMBuildGEP2(k->c->b, k->c->t_f32, dst, &idx, 1, "");
+    LLVMSetAlignment(LLVMBuildStore(k->c->b, v, p), 4);
+}
+
+static int emit_decode_row(kc *k, kiln_dtype dt, LLVMValueRef src, LLVMValueRef dst, int64_t K)
+{
+    cg *c = k->c;
+    LLVMBuilderRef b = c->b;
+    if (dt != KILN_Q4_0 && dt != KILN_Q4_1 && dt != KILN_Q8_0)
+        return -1;
+    int bb = kiln_dtype_get(dt)->block_bytes;
+    LLVMTypeRef v16i8 = LLVMVectorType(c->t_i8, 16), v16i32 = LLVMVectorType(c->t_i32, 16);
+    LLVMTypeRef v16f = LLVMVectorType(c->t_f32, 16);
+    kc_loop l;
+    LLVMValueRef blk = kc_for(k, &l, kc_i64(k, 0), kc_i64(k, K / 32), "blk");
+    LLVMValueRef boff = LLVMBuildMul(b, blk, kc_i64(k, bb), "");
+    LLVMValueRef bp = LLVMBuildGEP2(b, c->t_i8, src, &boff, 1, "");
+    LLVMValueRef d = splat_f(k, load_half(k, bp), 16);
+    LLVMValueRef out0 = LLVMBuildMul(b, blk, kc_i64(k, 32), "");
+    LLVMValueRef out1 = LLVMBuildAdd(b, out0, kc_i64(k, 16), "");
+    if (dt == KILN_Q8_0) {
+        for (int h = 0; h < 2; h++) {
+            LLVMValueRef qo = kc_i64(k, 2 + 16 * h);
+            LLVMValueRef qp = LLVMBuildGEP2(b, c->t_i8, bp, &qo, 1, "");
+            LLVMValueRef q = LLVMBuildLoad2(b, v16i8, qp, "");
+            LLVMSetAlignment(q, 1);
+            LLVMValueRef f = LLVMBuildSIToFP(b, LLVMBuildSExt(b, q, v16i32, ""), v16f, "");
+            store_vec(k, dst, h ? out1 : out0, LLVMBuildFMul(b, f, d, ""));
+        }
+    } else {
+        int q1 = dt == KILN_Q4_1;
+        LLVMValueRef qo = kc_i64(k, q1 ? 4 : 2);
+        LLVMValueRef qp = LLVMBuildGEP2(b, c->t_i8, bp, &qo, 1, "");
+        LLVMValueRef q = LLVMBuildLoad2(b, v16i8, qp, "");
+        LLVMSetAlignment(q, 1);
+        LLVMValueRef lo = LLVMBuildAnd(b, q, splat_i8(c, 15, 16), "");
+        LLVMValueRef hi = LLVMBuildLShr(b, q, splat_i8(c, 4, 16), "");
+        LLVMValueRef mv = NULL;
+        if (q1) {
+            LLVMValueRef mo = kc_i64(k, 2);
+            mv = splat_f(k, load_half(k, LLVMBuildGEP2(b, c->t_i8, bp, &mo, 1, "")), 16);
+        }
+        LLVMValueRef halves[2] = {lo, hi};
+        for (int h = 0; h < 2; h++) {
+            LLVMValueRef f = LLVMBuildUIToFP(b, LLVMBuildZExt(b, halves[h], v16i32, ""), v16f, "");
+            LLVMValueRef v = q1 ? LLVMBuildFAdd(b, LLVMBuildFMul(b, f, d, ""), mv, "")
+                                : LLVMBuildFMul(b, LLVMBuildFSub(b, f, splat_f(k, kc_f(k, CT_F32, 8), 16), ""), d, "");
+            store_vec(k, dst, h ? out1 : out0, v);
+        }
+    }
+    kc_for_end(k, &l);
+    return 0;
+}
+
 /* ---- Linear ---- */
 
 static int lower_linear(cg *c, int ni)
@@ -54,7 +138,8 @@ static int lower_linear(cg *c, int ni)
         LLVMValueRef rowbytes = kc_i64(&k, (int64_t)kiln_dtype_storage(wt->dtype, K));
         LLVMValueRef src = LLVMBuildGEP2(b, c->t_i8, w, (LLVMValueRef[]){LLVMBuildMul(b, nn, rowbytes, "")}, 1, "");
         if (di->is_quant) {
-            kc_call_dequant(&k, wt->dtype, src, row, Kv);
+            if (emit_decode_row(&k, wt->dtype, src, row, K))
+                kc_call_dequant(&k, wt->dtype, src, row, Kv);
         } else {
             kc_loop lk;
             LLVMValueRef kk = kc_for(&k, &lk, kc_i64(&k, 0), Kv, "cvt");

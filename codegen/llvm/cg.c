@@ -2,6 +2,7 @@
  * and stores, conversions, math calls, loops. */
 #include "cg.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -28,6 +29,7 @@ void kc_begin(cg *c, kc *k, const kiln_node *n)
     memset(k, 0, sizeof *k);
     k->c = c;
     k->node = n;
+    k->map_dst = -1;
     char name[64];
     snprintf(name, sizeof name, "kiln_k%d", c->nkernels++);
     k->fn = LLVMAddFunction(c->mod, name, c->t_kfn);
@@ -39,15 +41,25 @@ void kc_begin(cg *c, kc *k, const kiln_node *n)
     /* buffers never alias across different values within a kernel except by
      * plan (in-place elementwise), which reads element i before writing it */
     LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(c->ctx, k->fn, "entry");
+    k->entry = entry;
     LLVMPositionBuilderAtEnd(c->b, entry);
     for (int i = 0; i < c->plan->n_syms; i++) {
         LLVMValueRef idx = LLVMConstInt(c->t_i64, (unsigned long long)i, 0);
         LLVMValueRef p = LLVMBuildGEP2(c->b, c->t_i64, k->syms, &idx, 1, "");
         k->symv[i] = LLVMBuildLoad2(c->b, c->t_i64, p, "sym");
     }
+    k->body = LLVMAppendBasicBlockInContext(c->ctx, k->fn, "start");
+    LLVMPositionBuilderAtEnd(c->b, k->body);
 }
 
-void kc_end(kc *k) { LLVMBuildRetVoid(k->c->b); }
+void kc_end(kc *k)
+{
+    LLVMBuildRetVoid(k->c->b);
+    if (k->entry) { /* the entry block (symbols, buffer pointers) falls into the body */
+        LLVMPositionBuilderAtEnd(k->c->b, k->entry);
+        LLVMBuildBr(k->c->b, k->body);
+    }
+}
 
 LLVMValueRef kc_i64(kc *k, int64_t v) { return LLVMConstInt(k->c->t_i64, (unsigned long long)v, 1); }
 
@@ -87,9 +99,22 @@ LLVMValueRef kc_dim(kc *k, kiln_dim d)
 LLVMValueRef kc_ptr(kc *k, int vid)
 {
     cg *c = k->c;
+    for (int i = 0; i < k->nptr; i++)
+        if (k->ptr_vid[i] == vid)
+            return k->ptr_val[i];
+    LLVMBasicBlockRef cur = LLVMGetInsertBlock(c->b);
+    if (k->entry)
+        LLVMPositionBuilderAtEnd(c->b, k->entry);
     LLVMValueRef idx = kc_i64(k, vid);
     LLVMValueRef p = LLVMBuildGEP2(c->b, c->t_ptr, k->bufs, &idx, 1, "");
-    return LLVMBuildLoad2(c->b, c->t_ptr, p, c->g->values[vid].name);
+    LLVMValueRef v = LLVMBuildLoad2(c->b, c->t_ptr, p, c->g->values[vid].name);
+    if (k->entry)
+        LLVMPositionBuilderAtEnd(c->b, cur);
+    if (k->nptr < 64) {
+        k->ptr_vid[k->nptr] = vid;
+        k->ptr_val[k->nptr++] = v;
+    }
+    return v;
 }
 
 ctype kc_ctype(kiln_dtype dt)
@@ -410,7 +435,7 @@ LLVMValueRef kc_phi(kc *k, kc_loop *l, LLVMValueRef init)
     LLVMValueRef phi = LLVMBuildPhi(c->b, LLVMTypeOf(init), "acc");
     LLVMAddIncoming(phi, &init, &l->pre, 1);
     LLVMPositionBuilderAtEnd(c->b, cur);
-    if (l->nphi < 8) {
+    if (l->nphi < 24) {
         l->phis[l->nphi] = phi;
         l->nexts[l->nphi++] = phi; /* unchanged unless kc_phi_next says otherwise */
     }
@@ -561,3 +586,117 @@ LLVMValueRef kc_entry_alloca_t(kc *k, LLVMTypeRef t, int64_t n)
     return a;
 }
 
+
+/* ---- f32 exp/erf/tanh as straight-line code (vectorizable; libm calls
+ * would keep elementwise loops scalar). f64 keeps libm. ---- */
+
+/* f32 constant shaped like x (scalar or vector), so the helpers below work
+ * on <W x float> values too */
+static LLVMValueRef fcx(kc *k, LLVMValueRef x, double v)
+{
+    LLVMValueRef s = LLVMConstReal(k->c->t_f32, v);
+    LLVMTypeRef t = LLVMTypeOf(x);
+    if (LLVMGetTypeKind(t) != LLVMVectorTypeKind)
+        return s;
+    unsigned n = LLVMGetVectorSize(t);
+    LLVMValueRef e[64];
+    for (unsigned i = 0; i < n && i < 64; i++)
+        e[i] = s;
+    return LLVMConstVector(e, n);
+}
+
+static LLVMValueRef ivx(kc *k, LLVMValueRef like, int64_t v)
+{
+    LLVMValueRef s = LLVMConstInt(k->c->t_i32, (unsigned long long)v, 1);
+    LLVMTypeRef t = LLVMTypeOf(like);
+    if (LLVMGetTypeKind(t) != LLVMVectorTypeKind)
+        return s;
+    unsigned n = LLVMGetVectorSize(t);
+    LLVMValueRef e[64];
+    for (unsigned i = 0; i < n && i < 64; i++)
+        e[i] = s;
+    return LLVMConstVector(e, n);
+}
+
+static LLVMTypeRef itype_like(kc *k, LLVMValueRef x)
+{
+    LLVMTypeRef t = LLVMTypeOf(x);
+    if (LLVMGetTypeKind(t) != LLVMVectorTypeKind)
+        return k->c->t_i32;
+    return LLVMVectorType(k->c->t_i32, LLVMGetVectorSize(t));
+}
+
+#define fc(k, v) fcx((k), x, (v))
+
+LLVMValueRef kc_exp(kc *k, LLVMValueRef x, ctype ct)
+{
+    if (ct != CT_F32)
+        return kc_intr1(k, "llvm.exp", x);
+    cg *c = k->c;
+    LLVMBuilderRef b = c->b;
+    /* exp(x) = 2^n * exp(r), n = round(x/ln2), r = x - n*ln2 (two-part ln2),
+     * exp(r) by a degree-7 Taylor polynomial on |r| <= ln2/2 */
+    LLVMValueRef xc = kc_intr2(k, "llvm.minnum", kc_intr2(k, "llvm.maxnum", x, fc(k, -87.33654)), fc(k, 88.72283));
+    LLVMValueRef n = kc_intr1(k, "llvm.roundeven", LLVMBuildFMul(b, xc, fc(k, 1.44269504088896341), ""));
+    LLVMValueRef r = LLVMBuildFSub(b, xc, LLVMBuildFMul(b, n, fc(k, 0.693359375), ""), "");
+    r = LLVMBuildFSub(b, r, LLVMBuildFMul(b, n, fc(k, -2.12194440e-4), ""), "");
+    static const double cf[] = {1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0};
+    LLVMValueRef p = fc(k, cf[0]);
+    for (int i = 1; i < 8; i++)
+        p = LLVMBuildFAdd(b, LLVMBuildFMul(b, p, r, ""), fc(k, cf[i]), "");
+    LLVMValueRef ni = LLVMBuildFPToSI(b, n, itype_like(k, x), "");
+    LLVMValueRef bits = LLVMBuildShl(b, LLVMBuildAdd(b, ni, ivx(k, x, 127), ""), ivx(k, x, 23), "");
+    LLVMValueRef scale = LLVMBuildBitCast(b, bits, LLVMTypeOf(x), "");
+    LLVMValueRef y = LLVMBuildFMul(b, p, scale, "");
+    /* below the range: 0 (exp(-inf) = 0); NaN stays NaN */
+    y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, fc(k, -87.33654), ""), fc(k, 0), y, "");
+    y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, fc(k, 88.72283), ""), fc(k, INFINITY), y, "");
+    return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, y, "");
+}
+
+LLVMValueRef kc_erf(kc *k, LLVMValueRef x, ctype ct)
+{
+    if (ct != CT_F32)
+        return kc_libm1(k, "erf", x, ct);
+    LLVMBuilderRef b = k->c->b;
+    /* Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); odd series near 0 for
+     * relative accuracy where erf is small */
+    LLVMValueRef ax = kc_intr1(k, "llvm.fabs", x);
+    LLVMValueRef t = LLVMBuildFDiv(b, fc(k, 1), LLVMBuildFAdd(b, fc(k, 1), LLVMBuildFMul(b, fc(k, 0.3275911), ax, ""), ""), "");
+    static const double a[] = {1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592};
+    LLVMValueRef p = fc(k, a[0]);
+    for (int i = 1; i < 5; i++)
+        p = LLVMBuildFAdd(b, LLVMBuildFMul(b, p, t, ""), fc(k, a[i]), "");
+    p = LLVMBuildFMul(b, p, t, "");
+    LLVMValueRef e = kc_exp(k, LLVMBuildFNeg(b, LLVMBuildFMul(b, ax, ax, ""), ""), ct);
+    LLVMValueRef y = LLVMBuildFSub(b, fc(k, 1), LLVMBuildFMul(b, p, e, ""), "");
+    /* near 0: 2/sqrt(pi) (x - x^3/3 + x^5/10 - x^7/42) */
+    LLVMValueRef x2 = LLVMBuildFMul(b, x, x, "");
+    LLVMValueRef s = fc(k, -1.0 / 42);
+    s = LLVMBuildFAdd(b, LLVMBuildFMul(b, s, x2, ""), fc(k, 0.1), "");
+    s = LLVMBuildFAdd(b, LLVMBuildFMul(b, s, x2, ""), fc(k, -1.0 / 3), "");
+    s = LLVMBuildFAdd(b, LLVMBuildFMul(b, s, x2, ""), fc(k, 1), "");
+    s = LLVMBuildFMul(b, LLVMBuildFMul(b, s, x, ""), fc(k, 1.12837916709551257), "");
+    LLVMValueRef signed_y = kc_intr2(k, "llvm.copysign", y, x);
+    LLVMValueRef r = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, ax, fc(k, 0.25), ""), s, signed_y, "");
+    return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, r, "");
+}
+
+LLVMValueRef kc_tanh(kc *k, LLVMValueRef x, ctype ct)
+{
+    if (ct != CT_F32)
+        return kc_libm1(k, "tanh", x, ct);
+    LLVMBuilderRef b = k->c->b;
+    LLVMValueRef ax = kc_intr1(k, "llvm.fabs", x);
+    /* 1 - 2/(e^{2|x|}+1) away from 0, odd series near 0 */
+    LLVMValueRef e = kc_exp(k, LLVMBuildFMul(b, ax, fc(k, 2), ""), ct);
+    LLVMValueRef y = LLVMBuildFSub(b, fc(k, 1), LLVMBuildFDiv(b, fc(k, 2), LLVMBuildFAdd(b, e, fc(k, 1), ""), ""), "");
+    LLVMValueRef x2 = LLVMBuildFMul(b, x, x, "");
+    LLVMValueRef s = fc(k, 17.0 / 315);
+    s = LLVMBuildFSub(b, fc(k, 2.0 / 15), LLVMBuildFMul(b, s, x2, ""), "");
+    s = LLVMBuildFSub(b, fc(k, 1.0 / 3), LLVMBuildFMul(b, s, x2, ""), "");
+    s = LLVMBuildFSub(b, fc(k, 1), LLVMBuildFMul(b, s, x2, ""), "");
+    s = LLVMBuildFMul(b, s, x, "");
+    LLVMValueRef r = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, ax, fc(k, 0.125), ""), s, kc_intr2(k, "llvm.copysign", y, x), "");
+    return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, r, "");
+}

@@ -25,6 +25,7 @@ typedef struct cg {
     const kiln_plan *plan;
     const kiln_build_opts *o; /* may be NULL */
     int n_kv_inplace;         /* attention nodes lowered with the in-place KV cache */
+    int vw;                   /* f32 lanes of the target's widest vectors (8 or 16) */
     kiln_err *err;
     int failed;
     LLVMTypeRef t_void, t_i1, t_i8, t_i16, t_i32, t_i64, t_f16, t_f32, t_f64, t_ptr, t_kfn, t_par;
@@ -42,6 +43,13 @@ typedef struct kc {
     LLVMValueRef fn, bufs, syms, begin, end;
     LLVMValueRef symv[KILN_MAX_SYMS_CG];
     const kiln_node *node; /* node being lowered, for messages */
+    /* buffer pointers are loaded once, in the entry block: a load of bufs[]
+     * inside a loop could alias the loop's stores and block vectorization */
+    LLVMBasicBlockRef entry, body;
+    int map_dst; /* map kernels: the value being written (-1 otherwise) */
+    int nptr;
+    int ptr_vid[64];
+    LLVMValueRef ptr_val[64];
 } kc;
 
 /* ---- module-level helpers (cg.c) ---- */
@@ -86,12 +94,17 @@ LLVMValueRef kc_intr2(kc *k, const char *name, LLVMValueRef x, LLVMValueRef y);
 LLVMValueRef kc_libm1(kc *k, const char *name, LLVMValueRef x, ctype ct);
 LLVMValueRef kc_libm2(kc *k, const char *name, LLVMValueRef x, LLVMValueRef y, ctype ct);
 
+/* exp, erf, tanh: inline straight-line f32 code (vectorizes), libm for f64. */
+LLVMValueRef kc_exp(kc *k, LLVMValueRef x, ctype ct);
+LLVMValueRef kc_erf(kc *k, LLVMValueRef x, ctype ct);
+LLVMValueRef kc_tanh(kc *k, LLVMValueRef x, ctype ct);
+
 /* Counted loop: for (iv = lo; iv < hi; iv++). */
 typedef struct kc_loop {
     LLVMBasicBlockRef head, body, exit, pre;
     LLVMValueRef iv;
     int nphi;
-    LLVMValueRef phis[8], nexts[8]; /* loop-carried values, wired in kc_for_end */
+    LLVMValueRef phis[24], nexts[24]; /* loop-carried values, wired in kc_for_end */
 } kc_loop;
 LLVMValueRef kc_for(kc *k, kc_loop *l, LLVMValueRef lo, LLVMValueRef hi, const char *name);
 void kc_for_end(kc *k, kc_loop *l);

@@ -282,6 +282,7 @@ int kiln_codegen_cpu(kiln_graph *g, const kiln_plan *p, const kiln_build_opts *o
     char *feat = o && o->features ? kiln_xstrdup(o->features) : (o && o->triple ? kiln_xstrdup("") : LLVMGetHostCPUFeatures());
     LLVMTargetMachineRef tm = NULL;
     LLVMSetTarget(c->mod, triple);
+    c->vw = strstr(feat, "+avx512f") ? 16 : 8;
 
     for (int ni = 0; ni < g->n_nodes && !c->failed; ni++)
         if (lower_node(c, ni))
@@ -338,6 +339,8 @@ int kiln_codegen_cpu(kiln_graph *g, const kiln_plan *p, const kiln_build_opts *o
         LLVMSetDataLayout(c->mod, layout);
         LLVMDisposeMessage(layout);
     }
+    if (getenv("KILN_DUMP_LLVM_PRE"))
+        LLVMPrintModuleToFile(c->mod, getenv("KILN_DUMP_LLVM_PRE"), NULL);
     if (opt > 0) {
         char pipe[32];
         snprintf(pipe, sizeof pipe, "default<O%d>", opt > 3 ? 3 : opt);

@@ -63,7 +63,15 @@ static LLVMValueRef load_bcast(kc *k, const kiln_node *n, int i, LLVMValueRef *i
     LLVMValueRef st[KILN_MAX_RANK];
     const kiln_type *t = vt(k->c, n->inputs[i]);
     kc_bcast_strides(k, t, orank, st);
-    return kc_load(k, t->dtype, kc_ptr(k, n->inputs[i]), dot(k, idx, st, orank), ct);
+    /* an input the plan placed in the output's own storage (in place) is
+     * read through the output's pointer: the same SSA base lets LLVM see
+     * that element i is read before it is written, so the loop vectorizes
+     * without a runtime overlap check (which would fail and run scalar) */
+    int in = n->inputs[i];
+    const kiln_plan *p = k->c->plan;
+    LLVMValueRef base = k->map_dst >= 0 && kiln_plan_root(p, in) == kiln_plan_root(p, k->map_dst)
+                            ? kc_ptr(k, k->map_dst) : kc_ptr(k, in);
+    return kc_load(k, t->dtype, base, dot(k, idx, st, orank), ct);
 }
 
 /* Normalized ONNX slice start for one axis (runtime dim aware). */
@@ -430,6 +438,7 @@ static int map_kernel(cg *c, int ni, int which, const kiln_type *it, int dst, in
         base_off = LLVMBuildMul(b, base_off, dst_st[concat_axis], "");
     }
     LLVMValueRef optr = kc_ptr(&k, dst);
+    k.map_dst = dst;
     int rank = it->rank;
     LLVMValueRef idx[KILN_MAX_RANK];
     kc_loop loops[KILN_MAX_RANK];

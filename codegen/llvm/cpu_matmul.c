@@ -100,6 +100,103 @@ static int emit_decode_row(kc *k, kiln_dtype dt, LLVMValueRef src, LLVMValueRef 
     return 0;
 }
 
+/* ---- register-blocked f32 micro-kernel ----
+ * An MR x NR tile of C stays in vector registers while k runs: per k, NR/W
+ * vector loads of B's row and MR broadcasts of A's column feed MR*NR/W
+ * fused multiply-adds. W is the target's vector width (8 or 16 lanes). */
+
+static LLVMTypeRef vtw(cg *c, int w) { return LLVMVectorType(c->t_f32, (unsigned)w); }
+
+static LLVMValueRef vld_w(kc *k, LLVMValueRef base, LLVMValueRef idx, int w)
+{
+    LLVMValueRef p = LLVMBuildGEP2(k->c->b, k->c->t_f32, base, &idx, 1, "");
+    LLVMValueRef l = LLVMBuildLoad2(k->c->b, vtw(k->c, w), p, "");
+    LLVMSetAlignment(l, 4);
+    return l;
+}
+
+static void vst_w(kc *k, LLVMValueRef base, LLVMValueRef idx, LLVMValueRef v)
+{
+    LLVMValueRef p = LLVMBuildGEP2(k->c->b, k->c->t_f32, base, &idx, 1, "");
+    LLVMSetAlignment(LLVMBuildStore(k->c->b, v, p), 4);
+}
+
+static LLVMValueRef vfma_w(kc *k, LLVMValueRef a, LLVMValueRef b, LLVMValueRef acc, int w)
+{
+    cg *c = k->c;
+    LLVMTypeRef t = vtw(c, w);
+    unsigned id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
+    LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, &t, 1);
+    LLVMValueRef args[3] = {a, b, acc};
+    return LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, &t, 1), f, args, 3, "");
+}
+
+static LLVMValueRef vsplat_w(kc *k, LLVMValueRef f, int w)
+{
+    cg *c = k->c;
+    LLVMValueRef v = LLVMBuildInsertElement(c->b, LLVMGetUndef(vtw(c, w)), f, kc_i64(k, 0), "");
+    return LLVMBuildShuffleVector(c->b, v, LLVMGetUndef(vtw(c, w)), LLVMConstNull(LLVMVectorType(c->t_i32, (unsigned)w)), "");
+}
+
+/* if (cond) { then } else { other }: returns the merge block via *merge. */
+typedef struct kc_if {
+    LLVMBasicBlockRef then_bb, else_bb, merge;
+} kc_if;
+
+static void if_begin(kc *k, kc_if *f, LLVMValueRef cond)
+{
+    cg *c = k->c;
+    f->then_bb = LLVMAppendBasicBlockInContext(c->ctx, k->fn, "then");
+    f->else_bb = LLVMAppendBasicBlockInContext(c->ctx, k->fn, "else");
+    f->merge = LLVMAppendBasicBlockInContext(c->ctx, k->fn, "merge");
+    LLVMBuildCondBr(c->b, cond, f->then_bb, f->else_bb);
+    LLVMPositionBuilderAtEnd(c->b, f->then_bb);
+}
+
+static void if_else(kc *k, kc_if *f)
+{
+    LLVMBuildBr(k->c->b, f->merge);
+    LLVMPositionBuilderAtEnd(k->c->b, f->else_bb);
+}
+
+static void if_end(kc *k, kc_if *f)
+{
+    LLVMBuildBr(k->c->b, f->merge);
+    LLVMPositionBuilderAtEnd(k->c->b, f->merge);
+}
+
+/* C[m0..m0+MR, n0..n0+NR] = A[m0.., :] B[:, n0..] for one full tile.
+ * a: A base + row m0 offset, lda = K stride of rows; b: B base + batch offset. */
+static void micro_tile(kc *k, int MR, int NV, int W, LLVMValueRef A, LLVMValueRef aoff, LLVMValueRef lda,
+                       LLVMValueRef a_k, LLVMValueRef B, LLVMValueRef boff, LLVMValueRef ldb, LLVMValueRef O, LLVMValueRef ooff,
+                       LLVMValueRef ldo, LLVMValueRef n0, LLVMValueRef K)
+{
+    LLVMBuilderRef b = k->c->b;
+    kc_loop lk;
+    LLVMValueRef kk = kc_for(k, &lk, kc_i64(k, 0), K, "mk");
+    LLVMValueRef acc[8][4];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = kc_phi(k, &lk, LLVMConstNull(vtw(k->c, W)));
+    LLVMValueRef brow = LLVMBuildAdd(b, LLVMBuildAdd(b, boff, LLVMBuildMul(b, kk, ldb, ""), ""), n0, "");
+    LLVMValueRef bv[4];
+    for (int v = 0; v < NV; v++)
+        bv[v] = vld_w(k, B, LLVMBuildAdd(b, brow, kc_i64(k, v * W), ""), W);
+    for (int r = 0; r < MR; r++) {
+        LLVMValueRef ai = LLVMBuildAdd(b, LLVMBuildAdd(b, aoff, LLVMBuildMul(b, kc_i64(k, r), lda, ""), ""),
+                                       LLVMBuildMul(b, kk, a_k, ""), "");
+        LLVMValueRef av = vsplat_w(k, kc_load(k, KILN_F32, A, ai, CT_F32), W);
+        for (int v = 0; v < NV; v++)
+            kc_phi_next(k, &lk, acc[r][v], vfma_w(k, av, bv[v], acc[r][v], W));
+    }
+    kc_for_end(k, &lk);
+    for (int r = 0; r < MR; r++) {
+        LLVMValueRef orow = LLVMBuildAdd(b, LLVMBuildAdd(b, ooff, LLVMBuildMul(b, kc_i64(k, r), ldo, ""), ""), n0, "");
+        for (int v = 0; v < NV; v++)
+            vst_w(k, O, LLVMBuildAdd(b, orow, kc_i64(k, v * W), ""), acc[r][v]);
+    }
+}
+
 /* ---- Linear ---- */
 
 static int lower_linear(cg *c, int ni)
@@ -252,6 +349,47 @@ static int lower_mm(cg *c, int ni, const mm *p)
     int fast = at->dtype == KILN_F32 && bt->dtype == KILN_F32 && ot->dtype == KILN_F32 && !p->tb && !p->b_vec &&
                p->cbias < 0 && p->alpha == 1.0;
     if (fast) {
+        /* full MR-row tiles: register-blocked micro-kernel over NR-wide column
+         * panels, scalar dot products for the last columns; a partial row
+         * tile (the last one) takes the row-by-row axpy path */
+        int W = c->vw ? c->vw : 8, MR = W == 16 ? 8 : 6, NV = 2, NR = NV * W;
+        LLVMValueRef m_in_tile = LLVMBuildSRem(bl, m, kc_i64(&k, MR), "");
+        LLVMValueRef full = LLVMBuildAnd(bl, LLVMBuildICmp(bl, LLVMIntEQ, m_in_tile, kc_i64(&k, 0), ""),
+                                         LLVMBuildICmp(bl, LLVMIntSLE, LLVMBuildAdd(bl, m, kc_i64(&k, MR), ""), Md, ""), "");
+        LLVMValueRef tail_row = LLVMBuildICmp(bl, LLVMIntSGT, LLVMBuildMul(bl, LLVMBuildAdd(bl, LLVMBuildSDiv(bl, m, kc_i64(&k, MR), ""), kc_i64(&k, 1), ""), kc_i64(&k, MR), ""), Md, "");
+        kc_if f1;
+        if_begin(&k, &f1, full);
+        {
+            LLVMValueRef nfull = LLVMBuildMul(bl, LLVMBuildSDiv(bl, Nd, kc_i64(&k, NR), ""), kc_i64(&k, NR), "");
+            kc_loop lt;
+            LLVMValueRef t = kc_for(&k, &lt, kc_i64(&k, 0), LLVMBuildSDiv(bl, nfull, kc_i64(&k, NR), ""), "ntile");
+            micro_tile(&k, MR, NV, W, A, aoff, a_m, a_k, B, boff, b_k, O, ooff, ost[orank - 1 - 1 + (p->a_vec ? 1 : 0)],
+                       LLVMBuildMul(bl, t, kc_i64(&k, NR), ""), Kd);
+            kc_for_end(&k, &lt);
+            /* remaining columns of the tile's rows */
+            kc_loop lr2;
+            LLVMValueRef rr = kc_for(&k, &lr2, kc_i64(&k, 0), kc_i64(&k, MR), "trow");
+            LLVMValueRef ar = LLVMBuildAdd(bl, aoff, LLVMBuildMul(bl, rr, a_m, ""), "");
+            LLVMValueRef orr = LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, rr, ost[orank - 2 + (p->a_vec ? 1 : 0)], ""), "");
+            kc_loop lc;
+            LLVMValueRef jc = kc_for(&k, &lc, nfull, Nd, "tcol");
+            kc_loop lk2;
+            LLVMValueRef kk2 = kc_for(&k, &lk2, kc_i64(&k, 0), Kd, "tk");
+            LLVMValueRef sacc = kc_phi(&k, &lk2, kc_f(&k, CT_F32, 0));
+            LLVMValueRef av = kc_load(&k, KILN_F32, A, LLVMBuildAdd(bl, ar, LLVMBuildMul(bl, kk2, a_k, ""), ""), CT_F32);
+            LLVMValueRef bvv = kc_load(&k, KILN_F32, B, LLVMBuildAdd(bl, LLVMBuildAdd(bl, boff, LLVMBuildMul(bl, kk2, b_k, ""), ""), jc, ""), CT_F32);
+            kc_phi_next(&k, &lk2, sacc, LLVMBuildFAdd(bl, sacc, LLVMBuildFMul(bl, av, bvv, ""), ""));
+            kc_for_end(&k, &lk2);
+            kc_store(&k, KILN_F32, O, LLVMBuildAdd(bl, orr, jc, ""), sacc, CT_F32);
+            kc_for_end(&k, &lc);
+            kc_for_end(&k, &lr2);
+        }
+        if_else(&k, &f1);
+        kc_if f2;
+        /* rows of a tile are done by its first row; only the last partial
+         * tile's rows compute themselves */
+        if_begin(&k, &f2, tail_row);
+        {
         /* out row = 0; for k: out row += A[m,k] * B[k, :] (B rows contiguous) */
         kc_loop lz;
         LLVMValueRef j = kc_for(&k, &lz, kc_i64(&k, 0), Nd, "zero");
@@ -279,6 +417,10 @@ static int lower_mm(cg *c, int ni, const mm *p)
         kc_store(&k, KILN_F32, O, oj, LLVMBuildFAdd(bl, ov, LLVMBuildFMul(bl, av, bvv, ""), ""), CT_F32);
         kc_for_end(&k, &lt);
         kc_for_end(&k, &lk);
+        }
+        if_else(&k, &f2);
+        if_end(&k, &f2);
+        if_end(&k, &f1);
     } else {
         kc_loop ln;
         LLVMValueRef j = kc_for(&k, &ln, kc_i64(&k, 0), Nd, "n");

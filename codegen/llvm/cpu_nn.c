@@ -66,7 +66,7 @@ static int lower_softmax(cg *c, int ni)
         kc_loop l2;
         LLVMValueRef j2 = kc_for(&k, &l2, kc_i64(&k, 0), len, "sum");
         LLVMValueRef sum = kc_phi(&k, &l2, kc_f(&k, ct, 0));
-        LLVMValueRef e = kc_intr1(&k, "llvm.exp", LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, AT(j2), ct), m, ""));
+        LLVMValueRef e = kc_exp(&k, LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, AT(j2), ct), m, ""), ct);
         if (IS("Softmax"))
             kc_store(&k, xt->dtype == KILN_F64 ? KILN_F64 : KILN_F32, Y, AT(j2), e, ct); /* f32 scratch in Y */
         kc_phi_next(&k, &l2, sum, LLVMBuildFAdd(b, sum, e, ""));
@@ -78,7 +78,7 @@ static int lower_softmax(cg *c, int ni)
             /* recompute exp for narrow dtypes (Y cannot hold f32 scratch) */
             LLVMValueRef e3 = xt->dtype == KILN_F32 || xt->dtype == KILN_F64
                                   ? kc_load(&k, xt->dtype, Y, AT(j3), ct)
-                                  : kc_intr1(&k, "llvm.exp", LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, AT(j3), ct), m, ""));
+                                  : kc_exp(&k, LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, AT(j3), ct), m, ""), ct);
             o = LLVMBuildFDiv(b, e3, sum, "");
         } else {
             o = LLVMBuildFSub(b, LLVMBuildFSub(b, kc_load(&k, xt->dtype, X, AT(j3), ct), m, ""), kc_intr1(&k, "llvm.log", sum), "");
@@ -641,7 +641,7 @@ static int lower_attn_core(cg *c, int ni, const attn *a)
     s = LLVMBuildFMul(b, s, kc_f(&k, ct, a->scale), "");
     LLVMValueRef raw = s;
     if (a->softcap > 0)
-        s = LLVMBuildFMul(b, kc_f(&k, ct, a->softcap), kc_libm1(&k, "tanh", LLVMBuildFDiv(b, s, kc_f(&k, ct, a->softcap), ""), ct), "");
+        s = LLVMBuildFMul(b, kc_f(&k, ct, a->softcap), kc_tanh(&k, LLVMBuildFDiv(b, s, kc_f(&k, ct, a->softcap), ""), ct), "");
     LLVMValueRef capped = s;
     LLVMValueRef masked = LLVMConstInt(c->t_i1, 0, 0);
     if (a->causal)
@@ -679,10 +679,24 @@ static int lower_attn_core(cg *c, int ni, const attn *a)
     /* softmax; a row with every key masked gives zeros */
     LLVMValueRef allm = LLVMBuildFCmp(b, LLVMRealOEQ, mx, ninf, "");
     LLVMValueRef m0 = LLVMBuildSelect(b, allm, kc_f(&k, ct, 0), mx, "");
+    /* exponentials 8 at a time (explicit vectors: the sum is a reduction
+     * LLVM would not vectorize), then the tail */
+    LLVMValueRef tv = LLVMBuildMul(b, LLVMBuildSDiv(b, T, kc_i64(&k, KC_VW), ""), kc_i64(&k, KC_VW), "");
+    LLVMValueRef m0v = LLVMBuildShuffleVector(b, LLVMBuildInsertElement(b, LLVMGetUndef(kc_vec_t(c)), m0, kc_i64(&k, 0), ""),
+                                              LLVMGetUndef(kc_vec_t(c)), LLVMConstNull(LLVMVectorType(c->t_i32, KC_VW)), "");
+    kc_loop lev;
+    LLVMValueRef jv = kc_for(&k, &lev, kc_i64(&k, 0), LLVMBuildSDiv(b, tv, kc_i64(&k, KC_VW), ""), "expv");
+    LLVMValueRef vsum = kc_phi(&k, &lev, kc_vzero(&k));
+    LLVMValueRef j8 = LLVMBuildMul(b, jv, kc_i64(&k, KC_VW), "");
+    LLVMValueRef ev = kc_exp(&k, LLVMBuildFSub(b, kc_vload(&k, w, j8), m0v, ""), CT_F32);
+    kc_vstore(&k, w, j8, ev);
+    kc_phi_next(&k, &lev, vsum, LLVMBuildFAdd(b, vsum, ev, ""));
+    kc_for_end(&k, &lev);
+    LLVMValueRef vtotal = kc_hsum(&k, vsum);
     kc_loop le;
-    LLVMValueRef j2 = kc_for(&k, &le, kc_i64(&k, 0), T, "exp");
-    LLVMValueRef sum = kc_phi(&k, &le, kc_f(&k, CT_F32, 0));
-    LLVMValueRef e = kc_intr1(&k, "llvm.exp", LLVMBuildFSub(b, kc_load(&k, KILN_F32, w, j2, ct), m0, ""));
+    LLVMValueRef j2 = kc_for(&k, &le, tv, T, "exp");
+    LLVMValueRef sum = kc_phi(&k, &le, vtotal);
+    LLVMValueRef e = kc_exp(&k, LLVMBuildFSub(b, kc_load(&k, KILN_F32, w, j2, ct), m0, ""), ct);
     kc_store(&k, KILN_F32, w, j2, e, ct);
     kc_phi_next(&k, &le, sum, LLVMBuildFAdd(b, sum, e, ""));
     kc_for_end(&k, &le);

@@ -48,7 +48,7 @@ static LLVMValueRef fold(kc *k, int kind, LLVMValueRef acc, LLVMValueRef v, ctyp
                          : LLVMBuildAdd(b, acc, LLVMBuildSelect(b, LLVMBuildICmp(b, LLVMIntSLT, v, kc_i64(k, 0), ""), LLVMBuildNeg(b, v, ""), v, ""), "");
     case R_L2: case R_SUMSQ:
         return fl ? LLVMBuildFAdd(b, acc, LLVMBuildFMul(b, v, v, ""), "") : LLVMBuildAdd(b, acc, LLVMBuildMul(b, v, v, ""), "");
-    case R_LOGSUMEXP: return LLVMBuildFAdd(b, acc, kc_intr1(k, "llvm.exp", LLVMBuildFSub(b, v, extra, "")), "");
+    case R_LOGSUMEXP: return LLVMBuildFAdd(b, acc, kc_exp(k, LLVMBuildFSub(b, v, extra, ""), ct), "");
     case R_MAX: case R_MIN: {
         int mx = kind == R_MAX;
         if (!fl)

@@ -23,13 +23,13 @@ static LLVMValueRef bool64(kc *k, LLVMValueRef i1) { return LLVMBuildZExt(k->c->
 static LLVMValueRef sigmoid(kc *k, LLVMValueRef x, ctype t)
 {
     LLVMBuilderRef b = k->c->b;
-    LLVMValueRef e = kc_intr1(k, "llvm.exp", LLVMBuildFNeg(b, x, ""));
+    LLVMValueRef e = kc_exp(k, LLVMBuildFNeg(b, x, ""), t);
     return LLVMBuildFDiv(b, kc_f(k, t, 1), LLVMBuildFAdd(b, kc_f(k, t, 1), e, ""), "");
 }
 
 static LLVMValueRef softplus(kc *k, LLVMValueRef x, ctype t)
 {
-    LLVMValueRef sp = kc_libm1(k, "log1p", kc_intr1(k, "llvm.exp", x), t);
+    LLVMValueRef sp = kc_libm1(k, "log1p", kc_exp(k, x, t), t);
     return fsel(k, LLVMRealOGT, x, kc_f(k, t, 30), x, sp);
 }
 
@@ -84,15 +84,15 @@ LLVMValueRef cg_scalar(kc *k, const kiln_node *n, LLVMValueRef *a, const ctype *
         return LLVMBuildNot(b, x, "");
     if (IS("Sqrt")) return kc_intr1(k, "llvm.sqrt", x);
     if (IS("Reciprocal")) return LLVMBuildFDiv(b, kc_f(k, t, 1), x, "");
-    if (IS("Exp")) return kc_intr1(k, "llvm.exp", x);
+    if (IS("Exp")) return kc_exp(k, x, t);
     if (IS("Log")) return kc_intr1(k, "llvm.log", x);
     if (IS("Cos")) return kc_intr1(k, "llvm.cos", x);
     if (IS("Sin")) return kc_intr1(k, "llvm.sin", x);
     if (IS("Floor")) return kc_intr1(k, "llvm.floor", x);
     if (IS("Ceil")) return kc_intr1(k, "llvm.ceil", x);
     if (IS("Round")) return kc_intr1(k, "llvm.roundeven", x);
-    if (IS("Tanh")) return kc_libm1(k, "tanh", x, t);
-    if (IS("Erf")) return kc_libm1(k, "erf", x, t);
+    if (IS("Tanh")) return kc_tanh(k, x, t);
+    if (IS("Erf")) return kc_erf(k, x, t);
     if (IS("Tan")) return kc_libm1(k, "tan", x, t);
     if (IS("Acos")) return kc_libm1(k, "acos", x, t);
     if (IS("Asin")) return kc_libm1(k, "asin", x, t);
@@ -108,7 +108,7 @@ LLVMValueRef cg_scalar(kc *k, const kiln_node *n, LLVMValueRef *a, const ctype *
     if (IS("Softsign"))
         return LLVMBuildFDiv(b, x, LLVMBuildFAdd(b, kc_f(k, t, 1), kc_intr1(k, "llvm.fabs", x), ""), "");
     if (IS("Mish"))
-        return LLVMBuildFMul(b, x, kc_libm1(k, "tanh", softplus(k, x, t), t), "");
+        return LLVMBuildFMul(b, x, kc_tanh(k, softplus(k, x, t), t), "");
     if (IS("HardSwish")) {
         LLVMValueRef h = LLVMBuildFAdd(b, LLVMBuildFDiv(b, x, kc_f(k, t, 6), ""), kc_f(k, t, 0.5), "");
         h = kc_intr2(k, "llvm.maxnum", kc_intr2(k, "llvm.minnum", h, kc_f(k, t, 1)), kc_f(k, t, 0));
@@ -129,13 +129,13 @@ LLVMValueRef cg_scalar(kc *k, const kiln_node *n, LLVMValueRef *a, const ctype *
         return fsel(k, LLVMRealOGE, x, kc_f(k, t, 0), x, LLVMBuildFMul(b, x, kc_f(k, t, kiln_node_float(n, "alpha")), ""));
     if (IS("Elu") || IS("Selu")) {
         LLVMValueRef al = kc_f(k, t, kiln_node_float(n, "alpha"));
-        LLVMValueRef neg = LLVMBuildFMul(b, al, LLVMBuildFSub(b, kc_intr1(k, "llvm.exp", x), kc_f(k, t, 1), ""), "");
+        LLVMValueRef neg = LLVMBuildFMul(b, al, LLVMBuildFSub(b, kc_exp(k, x, t), kc_f(k, t, 1), ""), "");
         LLVMValueRef r = fsel(k, IS("Elu") ? LLVMRealOGE : LLVMRealOGT, x, kc_f(k, t, 0), x, neg);
         return IS("Selu") ? LLVMBuildFMul(b, r, kc_f(k, t, kiln_node_float(n, "gamma")), "") : r;
     }
     if (IS("Celu")) {
         LLVMValueRef al = kc_f(k, t, kiln_node_float(n, "alpha"));
-        LLVMValueRef e = LLVMBuildFMul(b, al, LLVMBuildFSub(b, kc_intr1(k, "llvm.exp", LLVMBuildFDiv(b, x, al, "")), kc_f(k, t, 1), ""), "");
+        LLVMValueRef e = LLVMBuildFMul(b, al, LLVMBuildFSub(b, kc_exp(k, LLVMBuildFDiv(b, x, al, ""), t), kc_f(k, t, 1), ""), "");
         return LLVMBuildFAdd(b, kc_intr2(k, "llvm.maxnum", x, kc_f(k, t, 0)), kc_intr2(k, "llvm.minnum", e, kc_f(k, t, 0)), "");
     }
     if (IS("HardSigmoid")) {
@@ -155,9 +155,9 @@ LLVMValueRef cg_scalar(kc *k, const kiln_node *n, LLVMValueRef *a, const ctype *
             LLVMValueRef x3 = LLVMBuildFMul(b, LLVMBuildFMul(b, x, x, ""), x, "");
             inner = LLVMBuildFMul(b, kc_f(k, t, sqrt(2 / M_PI)),
                                   LLVMBuildFAdd(b, x, LLVMBuildFMul(b, kc_f(k, t, 0.044715), x3, ""), ""), "");
-            inner = kc_libm1(k, "tanh", inner, t);
+            inner = kc_tanh(k, inner, t);
         } else {
-            inner = kc_libm1(k, "erf", LLVMBuildFMul(b, x, kc_f(k, t, 1 / sqrt(2.0)), ""), t);
+            inner = kc_erf(k, LLVMBuildFMul(b, x, kc_f(k, t, 1 / sqrt(2.0)), ""), t);
         }
         return LLVMBuildFMul(b, LLVMBuildFMul(b, kc_f(k, t, 0.5), x, ""), LLVMBuildFAdd(b, kc_f(k, t, 1), inner, ""), "");
     }

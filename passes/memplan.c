@@ -125,13 +125,26 @@ int kiln_plan_memory(kiln_graph *g, const kiln_pass_opts *o, kiln_plan *p, kiln_
             p->bufs[v].io = i;
         }
     }
-    /* uses */
+    /* uses; a fused kernel runs at its last node, so everything its nodes
+     * read stays live until then */
+    int max_kernel = -1;
+    for (int ni = 0; ni < nn; ni++)
+        if (g->nodes[ni].kernel > max_kernel)
+            max_kernel = g->nodes[ni].kernel;
+    int *kernel_at = kiln_xmalloc(sizeof(int) * (size_t)(max_kernel + 2));
+    for (int k = 0; k <= max_kernel; k++)
+        kernel_at[k] = -1;
+    for (int ni = 0; ni < nn; ni++)
+        if (g->nodes[ni].kernel >= 0)
+            kernel_at[g->nodes[ni].kernel] = ni;
     for (int ni = 0; ni < nn; ni++) {
         const kiln_node *n = &g->nodes[ni];
+        int at = n->kernel >= 0 ? kernel_at[n->kernel] : ni;
         for (int k = 0; k < n->n_inputs; k++)
-            if (n->inputs[k] >= 0 && p->bufs[n->inputs[k]].last < ni)
-                p->bufs[n->inputs[k]].last = ni;
+            if (n->inputs[k] >= 0 && p->bufs[n->inputs[k]].last < at)
+                p->bufs[n->inputs[k]].last = at;
     }
+    free(kernel_at);
     for (int i = 0; i < g->n_outputs; i++)
         p->bufs[g->outputs[i]].last = nn;
     /* values computed inside a fused kernel and used only there need no buffer */

@@ -9,12 +9,15 @@
 
 int kiln_pass_canonicalize(kiln_graph **g, const kiln_pass_opts *o, kiln_err *err);
 int kiln_pass_fuse(kiln_graph **g, const kiln_pass_opts *o, kiln_err *err);
+int kiln_pass_fuse_elementwise(kiln_graph **g, const kiln_pass_opts *o, kiln_err *err);
 
 static const kiln_pass passes[] = {
     {"canonicalize", kiln_pass_canonicalize,
      "constant folding, dead code and common subexpression elimination, shape chains to reshapes, "
      "transposes folded into matmuls"},
     {"fuse", kiln_pass_fuse, "decomposed norms, GELU/SiLU, softmax, RoPE and attention to single ops; merge projections sharing an input"},
+    {"fuse_elementwise", kiln_pass_fuse_elementwise,
+     "group elementwise chains, and matmul epilogues (bias, residual, activation), into kernels"},
 };
 
 #define N_PASSES (int)(sizeof passes / sizeof *passes)
@@ -29,7 +32,7 @@ const kiln_pass *kiln_pass_find(const char *name)
 
 int kiln_pass_count(void) { return N_PASSES; }
 const kiln_pass *kiln_pass_at(int i) { return i >= 0 && i < N_PASSES ? &passes[i] : NULL; }
-const char *kiln_default_pipeline(void) { return "canonicalize,fuse,canonicalize"; }
+const char *kiln_default_pipeline(void) { return "canonicalize,fuse,canonicalize,fuse_elementwise"; }
 
 /* ---- random inputs ---- */
 

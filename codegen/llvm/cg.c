@@ -30,6 +30,8 @@ void kc_begin(cg *c, kc *k, const kiln_node *n)
     k->c = c;
     k->node = n;
     k->map_dst = -1;
+    k->group = -1;
+    k->given_vid = -1;
     char name[64];
     snprintf(name, sizeof name, "kiln_k%d", c->nkernels++);
     k->fn = LLVMAddFunction(c->mod, name, c->t_kfn);

@@ -47,6 +47,11 @@ typedef struct kc {
      * inside a loop could alias the loop's stores and block vectorization */
     LLVMBasicBlockRef entry, body;
     int map_dst; /* map kernels: the value being written (-1 otherwise) */
+    /* fused kernels: values produced inside kernel `group` (and without a
+     * buffer) are recomputed where used; given_vid's value is given_val */
+    int group;
+    int given_vid;
+    LLVMValueRef given_val;
     int nptr;
     int ptr_vid[64];
     LLVMValueRef ptr_val[64];
@@ -146,6 +151,13 @@ LLVMValueRef cg_scalar(kc *k, const kiln_node *n, LLVMValueRef *args, const ctyp
 /* Returns 1 if the op is handled by the map-kernel lowering. */
 int cg_is_map_op(const kiln_node *n);
 int cg_lower_map(cg *c, int ni);
+/* Element of node n's output at idx (the map-kernel scalar path; fused
+ * producers and k->given_vid are resolved). *ct receives its type. */
+LLVMValueRef cg_map_value(kc *k, const kiln_node *n, LLVMValueRef *idx, ctype *ct);
+/* A fused elementwise group ending at node `last`. */
+int cg_lower_map_group(cg *c, int last);
+/* Node index of the last node of kernel group g (-1 if none). */
+int cg_group_last(const cg *c, int group);
 int cg_lower_matmul(cg *c, int ni);
 int cg_lower_reduce(cg *c, int ni);
 int cg_lower_nn(cg *c, int ni);

@@ -111,6 +111,19 @@ static int lower_node(cg *c, int ni)
 {
     const kiln_node *n = &c->g->nodes[ni];
     const char *op = n->op->name;
+    if (n->kernel >= 0) {
+        /* a fused group is generated once, at its last node: by then every
+         * value it reads from outside has been computed */
+        int first = -1, last = cg_group_last(c, n->kernel);
+        for (int i = 0; i < c->g->n_nodes && first < 0; i++)
+            if (c->g->nodes[i].kernel == n->kernel)
+                first = i;
+        if (ni != last)
+            return 0;
+        if (is_matmul(c->g->nodes[first].op->name))
+            return cg_lower_matmul(c, first);
+        return cg_lower_map_group(c, last);
+    }
     /* nothing to compute when every output is a view or kernel-internal */
     int needed = 0;
     for (int o = 0; o < n->n_outputs; o++) {

@@ -69,6 +69,16 @@ static LLVMValueRef load_bcast(kc *k, const kiln_node *n, int i, LLVMValueRef *i
      * without a runtime overlap check (which would fail and run scalar) */
     int in = n->inputs[i];
     const kiln_plan *p = k->c->plan;
+    if (in == k->given_vid) /* the anchor's value inside a fused epilogue */
+        return kc_convert(k, k->given_val, CT_F32, ct);
+    if (k->group >= 0 && p->bufs[in].kind == KILN_BUF_NONE && k->c->g->values[in].kind == KILN_VAL_NODE) {
+        const kiln_node *pn = &k->c->g->nodes[k->c->g->values[in].producer];
+        if (pn->kernel == k->group) { /* recompute the fused producer at this index */
+            ctype pct;
+            LLVMValueRef v = cg_map_value(k, pn, idx, &pct);
+            return kc_convert(k, v, pct, ct);
+        }
+    }
     LLVMValueRef base = k->map_dst >= 0 && kiln_plan_root(p, in) == kiln_plan_root(p, k->map_dst)
                             ? kc_ptr(k, k->map_dst) : kc_ptr(k, in);
     return kc_load(k, t->dtype, base, dot(k, idx, st, orank), ct);
@@ -408,6 +418,20 @@ static void map_store(kc *k, const kiln_node *n, kiln_dtype dt, LLVMValueRef bas
     kc_store(k, dt, base, off, v, ct);
 }
 
+LLVMValueRef cg_map_value(kc *k, const kiln_node *n, LLVMValueRef *idx, ctype *ct)
+{
+    return map_value(k, n, 0, idx, ct);
+}
+
+int cg_group_last(const cg *c, int group)
+{
+    int last = -1;
+    for (int i = 0; i < c->g->n_nodes; i++)
+        if (c->g->nodes[i].kernel == group)
+            last = i;
+    return last;
+}
+
 /* Grain: outer iterations per thread chunk, aiming at ~32K elements. */
 static int64_t grain_for(cg *c, const kiln_type *t)
 {
@@ -439,6 +463,7 @@ static int map_kernel(cg *c, int ni, int which, const kiln_type *it, int dst, in
     }
     LLVMValueRef optr = kc_ptr(&k, dst);
     k.map_dst = dst;
+    k.group = n->kernel;
     int rank = it->rank;
     LLVMValueRef idx[KILN_MAX_RANK];
     kc_loop loops[KILN_MAX_RANK];
@@ -461,6 +486,12 @@ static int map_kernel(cg *c, int ni, int which, const kiln_type *it, int dst, in
     kiln_dim trip = rank ? it->dims[0] : 1;
     cg_launch(c, k.fn, &trip, 1, grain_for(c, it), ni);
     return c->failed ? -1 : 0;
+}
+
+int cg_lower_map_group(cg *c, int last)
+{
+    const kiln_node *n = &c->g->nodes[last];
+    return map_kernel(c, last, 0, vt(c, n->outputs[0]), n->outputs[0], -1);
 }
 
 int cg_lower_map(cg *c, int ni)

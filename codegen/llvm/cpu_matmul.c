@@ -199,6 +199,61 @@ static void micro_tile(kc *k, int MR, int NV, int W, LLVMValueRef A, LLVMValueRe
 
 /* ---- Linear ---- */
 
+/* ---- fused epilogues ----
+ * A Linear/MatMul anchoring a kernel group writes the group's final value:
+ * each output element goes through the group's elementwise chain (bias,
+ * residual, activation) right after it is computed. */
+
+typedef struct epi {
+    int last;   /* node index of the group's last node, -1: no epilogue */
+    int anchor_out;
+    int final;  /* value the kernel writes */
+} epi;
+
+static epi epi_of(cg *c, int ni)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    epi e = {-1, n->outputs[0], n->outputs[0]};
+    if (n->kernel >= 0) {
+        int last = cg_group_last(c, n->kernel);
+        if (last > ni) {
+            e.last = last;
+            e.final = c->g->nodes[last].outputs[0];
+        }
+    }
+    return e;
+}
+
+/* The chain applied to the anchor's value v at output index idx. */
+static LLVMValueRef epi_apply(kc *k, const epi *e, LLVMValueRef v, LLVMValueRef *idx)
+{
+    if (e->last < 0)
+        return v;
+    const kiln_node *last = &k->c->g->nodes[e->last];
+    k->group = k->c->g->nodes[e->last].kernel;
+    k->given_vid = e->anchor_out;
+    k->given_val = v;
+    ctype ct;
+    LLVMValueRef r = cg_map_value(k, last, idx, &ct);
+    k->given_vid = -1;
+    return kc_convert(k, r, ct, CT_F32);
+}
+
+/* Applies the chain in place over row elements [n0, n1) of buffer O (f32). */
+static void epi_row(kc *k, const epi *e, LLVMValueRef O, LLVMValueRef rowoff, LLVMValueRef *idx, int col_axis,
+                    LLVMValueRef n0, LLVMValueRef n1)
+{
+    if (e->last < 0)
+        return;
+    LLVMBuilderRef b = k->c->b;
+    kc_loop l;
+    LLVMValueRef j = kc_for(k, &l, n0, n1, "epi");
+    LLVMValueRef off = LLVMBuildAdd(b, rowoff, j, "");
+    idx[col_axis] = j;
+    kc_store(k, KILN_F32, O, off, epi_apply(k, e, kc_load(k, KILN_F32, O, off, CT_F32), idx), CT_F32);
+    kc_for_end(k, &l);
+}
+
 static int lower_linear(cg *c, int ni)
 {
     const kiln_node *n = &c->g->nodes[ni];
@@ -210,7 +265,8 @@ static int lower_linear(cg *c, int ni)
     kc k;
     kc_begin(c, &k, n);
     LLVMBuilderRef b = c->b;
-    LLVMValueRef x = kc_ptr(&k, n->inputs[0]), w = kc_ptr(&k, n->inputs[1]), y = kc_ptr(&k, n->outputs[0]);
+    epi ep = epi_of(c, ni);
+    LLVMValueRef x = kc_ptr(&k, n->inputs[0]), w = kc_ptr(&k, n->inputs[1]), y = kc_ptr(&k, ep.final);
     LLVMValueRef bias = has_bias ? kc_ptr(&k, n->inputs[2]) : NULL;
     LLVMValueRef M = kc_i64(&k, 1);
     for (int d = 0; d < xt->rank - 1; d++)
@@ -261,6 +317,16 @@ static int lower_linear(cg *c, int ni)
     LLVMValueRef acc = kc_dot_f32(&k, xs, xoff, wrow, woff, Kv);
     if (bv)
         acc = LLVMBuildFAdd(b, acc, bv, "");
+    if (ep.last >= 0) {
+        LLVMValueRef idx[KILN_MAX_RANK], rem = m;
+        idx[ot->rank - 1] = nn;
+        for (int d = ot->rank - 2; d >= 0; d--) {
+            LLVMValueRef dim = kc_dim(&k, ot->dims[d]);
+            idx[d] = LLVMBuildSRem(b, rem, dim, "");
+            rem = LLVMBuildSDiv(b, rem, dim, "");
+        }
+        acc = epi_apply(&k, &ep, acc, idx);
+    }
     kc_store(&k, ot->dtype, y, LLVMBuildAdd(b, LLVMBuildMul(b, m, Nv, ""), nn, ""), acc, CT_F32);
     kc_for_end(&k, &lm);
     kc_for_end(&k, &ln);
@@ -283,6 +349,8 @@ typedef struct mm {
 static int lower_mm(cg *c, int ni, const mm *p)
 {
     const kiln_node *n = &c->g->nodes[ni];
+    epi ep = epi_of(c, ni);
+    LLVMValueRef bidx[KILN_MAX_RANK];
     const kiln_type *at = vt(c, p->a), *bt = vt(c, p->b), *ot = vt(c, n->outputs[0]);
     int orank = ot->rank;
     /* logical shapes with promotions */
@@ -338,12 +406,18 @@ static int lower_mm(cg *c, int ni, const mm *p)
         LLVMValueRef id = LLVMBuildSRem(bl, bi, dim, "");
         bi = LLVMBuildSDiv(bl, bi, dim, "");
         aoff = LLVMBuildAdd(bl, aoff, LLVMBuildMul(bl, id, a_bst[d], ""), "");
+        bidx[d] = id;
         boff = LLVMBuildAdd(bl, boff, LLVMBuildMul(bl, id, b_bst[d], ""), "");
         ooff = LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, id, ost[d], ""), "");
     }
     if (!p->a_vec)
         ooff = LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, m, ost[nbatch], ""), "");
-    LLVMValueRef A = kc_ptr(&k, p->a), B = kc_ptr(&k, p->b), O = kc_ptr(&k, n->outputs[0]);
+    LLVMValueRef A = kc_ptr(&k, p->a), B = kc_ptr(&k, p->b), O = kc_ptr(&k, ep.final);
+    /* output index of element (m, n) for the epilogue: batch ids, m, n */
+    LLVMValueRef eidx[KILN_MAX_RANK];
+    for (int d = 0; d < nbatch; d++)
+        eidx[d] = bidx[d];
+    int m_axis = nbatch, n_axis = orank - 1;
     LLVMValueRef on_st = p->b_vec ? kc_i64(&k, 0) : ost[orank - 1];
     ctype ct = ot->dtype == KILN_F64 ? CT_F64 : kiln_dtype_get(ot->dtype)->is_float ? CT_F32 : CT_I64;
     int fast = at->dtype == KILN_F32 && bt->dtype == KILN_F32 && ot->dtype == KILN_F32 && !p->tb && !p->b_vec &&
@@ -383,6 +457,14 @@ static int lower_mm(cg *c, int ni, const mm *p)
             kc_store(&k, KILN_F32, O, LLVMBuildAdd(bl, orr, jc, ""), sacc, CT_F32);
             kc_for_end(&k, &lc);
             kc_for_end(&k, &lr2);
+            if (ep.last >= 0) { /* the tile's rows are complete and cache-hot */
+                kc_loop le;
+                LLVMValueRef re = kc_for(&k, &le, kc_i64(&k, 0), kc_i64(&k, MR), "erow");
+                eidx[m_axis] = LLVMBuildAdd(bl, m, re, "");
+                epi_row(&k, &ep, O, LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, re, ost[orank - 2 + (p->a_vec ? 1 : 0)], ""), ""),
+                        eidx, n_axis, kc_i64(&k, 0), Nd);
+                kc_for_end(&k, &le);
+            }
         }
         if_else(&k, &f1);
         kc_if f2;
@@ -417,6 +499,9 @@ static int lower_mm(cg *c, int ni, const mm *p)
         kc_store(&k, KILN_F32, O, oj, LLVMBuildFAdd(bl, ov, LLVMBuildFMul(bl, av, bvv, ""), ""), CT_F32);
         kc_for_end(&k, &lt);
         kc_for_end(&k, &lk);
+        if (!p->a_vec)
+            eidx[m_axis] = m;
+        epi_row(&k, &ep, O, ooff, eidx, n_axis, kc_i64(&k, 0), Nd);
         }
         if_else(&k, &f2);
         if_end(&k, &f2);
@@ -448,6 +533,13 @@ static int lower_mm(cg *c, int ni, const mm *p)
                 LLVMValueRef cv = kc_load(&k, ctt->dtype, kc_ptr(&k, p->cbias), co, CT_F64);
                 v = LLVMBuildFAdd(bl, v, LLVMBuildFMul(bl, cv, kc_f(&k, CT_F64, p->beta), ""), "");
             }
+        }
+        if (ep.last >= 0) {
+            if (!p->a_vec)
+                eidx[m_axis] = m;
+            eidx[n_axis] = j;
+            v = epi_apply(&k, &ep, kc_convert(&k, v, act, CT_F32), eidx);
+            act = CT_F32;
         }
         kc_store(&k, ot->dtype, O, LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, j, on_st, ""), ""), v, act);
         kc_for_end(&k, &ln);

@@ -104,3 +104,18 @@ def test_kv_layouts_agree():
     assert a == b and a.strip()
     want = run_kiln("run", STORIES, "--ids", prompt, "-n", 40).stdout.strip()
     assert a.strip() == want
+
+
+@pytest.mark.skipif(not os.path.exists(SMOL), reason="SmolLM2 not fetched (scripts/fetch_models.sh)")
+def test_smollm2_interactive_chat_reuses_cache():
+    """-i keeps a conversation: the second turn re-renders the history and
+    only the new tokens are computed (the cached prefix is reused)."""
+    exe = built(SMOL, "smollm2")
+    p = subprocess.run([exe, "-i", "-n", "12", "--temp", "0"], input="Hi! What is 2+2?\nAnd 3+3?\n",
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    reports = [l for l in p.stderr.splitlines() if "reused" in l]
+    assert len(reports) == 2
+    reused = int(reports[1].split("(")[1].split()[0])
+    assert reused > 20  # the first turn's tokens were not recomputed
+    assert p.stdout.strip()

@@ -260,7 +260,8 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
 {
     if (!o->out && !o->emit_object)
         return kiln_errf(err, "no output path");
-    if (o->target && strcmp(o->target, "cpu") != 0)
+    int cuda = o->target && !strcmp(o->target, "cuda");
+    if (o->target && strcmp(o->target, "cpu") != 0 && !cuda)
         return kiln_errf(err, "target '%s' is not supported by this build step", o->target);
     char tmp[] = "/tmp/kiln_build_XXXXXX";
     if (!mkdtemp(tmp))
@@ -283,7 +284,7 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
         goto out;
     oo.meta.weights_bytes = (uint64_t)plan.weights_bytes;
     oo.meta.weights_hash = plan.weights_bytes ? hash : 0;
-    if (kiln_codegen_cpu(g, &plan, &oo, obj, err))
+    if (cuda ? kiln_codegen_cuda(g, &plan, &oo, obj, err) : kiln_codegen_cpu(g, &plan, &oo, obj, err))
         goto out;
     if (o->emit_object) {
         rc = move_file(obj, o->emit_object, err);

@@ -33,11 +33,18 @@ typedef struct kiln_build_opts {
     kiln_pass_opts passes;   /* symbol bounds etc. */
     kiln_desc meta;          /* model kind, LM fields, tokenizer blob (filled by the caller) */
     int verbose;
+    const char *cuda_archs;  /* --target cuda: extra SM versions ("86,89") besides sm_80 and sm_90 */
 } kiln_build_opts;
 
 /* Emits the CPU object for g with plan p (no linking). */
 int kiln_codegen_cpu(kiln_graph *g, const kiln_plan *p, const kiln_build_opts *o, const char *obj_path,
                      kiln_err *err);
+
+/* Emits the CUDA object for g with plan p: kernels compiled by NVRTC
+ * (cubins for sm_80, sm_90 and o->cuda_archs, plus PTX) and the launch
+ * program (codegen/cuda, runtime/kiln_cuda.h). */
+int kiln_codegen_cuda(kiln_graph *g, const kiln_plan *p, const kiln_build_opts *o, const char *obj_path,
+                      kiln_err *err);
 
 /* Plans memory, writes weights, generates code and links the artifact. */
 int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err);

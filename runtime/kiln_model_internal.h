@@ -31,6 +31,10 @@ struct kiln_model {
     int64_t chunk; /* most tokens one step takes (seq bound) */
     kiln_lm_slot *slots;
     int n_slots;
+    /* CUDA target (runtime/cuda_model.c): device state; NULL on the CPU */
+    void *cuda;
+    int cuda_greedy;   /* the next steps decode greedily: argmax on the GPU */
+    int32_t cuda_next; /* that argmax after each step */
 };
 
 int kiln_lm_init(kiln_model *m, kiln_err *err);

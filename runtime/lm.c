@@ -8,6 +8,7 @@
  * buffer per layer and passes it as both past and present. */
 #include "kiln.h"
 #include "kiln_artifact.h"
+#include "kiln_cuda.h"
 #include "kiln_model_internal.h"
 #include "kiln_sample.h"
 
@@ -70,14 +71,28 @@ int kiln_lm_init(kiln_model *m, kiln_err *err)
     return 0;
 }
 
+/* KV buffers live in host memory, or on the GPU for CUDA models. */
+static void *kv_alloc(kiln_model *m, size_t bytes)
+{
+    return m->cuda ? kiln_cuda_alloc(m, bytes) : calloc(1, bytes);
+}
+
+static void kv_free(kiln_model *m, void *p)
+{
+    if (m->cuda)
+        kiln_cuda_free(m, p);
+    else
+        free(p);
+}
+
 static void slot_free(kiln_model *m, kiln_lm_slot *s)
 {
     for (int l = 0; s->k && l < m->desc.kv.n_layers; l++) {
-        free(s->k[l]);
-        free(s->v[l]);
+        kv_free(m, s->k[l]);
+        kv_free(m, s->v[l]);
         if (s->k2) {
-            free(s->k2[l]);
-            free(s->v2[l]);
+            kv_free(m, s->k2[l]);
+            kv_free(m, s->v2[l]);
         }
     }
     free(s->k);
@@ -123,12 +138,12 @@ static kiln_lm_slot *get_slot(kiln_model *m, int slot, kiln_err *err)
             s->v2 = kiln_xcalloc((size_t)kv->n_layers, sizeof(void *));
         }
         for (int l = 0; l < kv->n_layers; l++) {
-            s->k[l] = calloc(1, bytes + 64);
-            s->v[l] = calloc(1, bytes + 64);
+            s->k[l] = kv_alloc(m, bytes + 64);
+            s->v[l] = kv_alloc(m, bytes + 64);
             int bad = !s->k[l] || !s->v[l];
             if (fn) {
-                s->k2[l] = calloc(1, bytes + 64);
-                s->v2[l] = calloc(1, bytes + 64);
+                s->k2[l] = kv_alloc(m, bytes + 64);
+                s->v2[l] = kv_alloc(m, bytes + 64);
                 bad |= !s->k2[l] || !s->v2[l];
             }
             if (bad) {
@@ -237,7 +252,7 @@ static int step(kiln_model *m, kiln_lm_slot *s, const int32_t *ids, int n, float
         kiln_errf(err, "model step failed");
         goto out;
     }
-    if (logits)
+    if (logits && !m->cuda_greedy) /* GPU greedy steps leave the logits on the GPU */
         memcpy(logits, lg + (lrows - 1) * d->vocab, sizeof(float) * (size_t)d->vocab);
     if (fn) { /* this step's present is the next step's past */
         void **t = s->k;
@@ -376,6 +391,8 @@ static int generate(kiln_model *m, const int32_t *prompt, int np, const kiln_gen
     if (m->has_tok)
         kiln_tok_stream_init(&ts, &m->tok, KILN_TOK_SKIP_SPECIAL);
     int rc = -1;
+    /* greedy decoding on a GPU: the argmax runs there, one int comes back */
+    m->cuda_greedy = m->cuda && (p->temperature <= 0.0f || p->top_k == 1) && p->repeat_penalty == 1.0f;
     double t0 = now_s();
     if (forward(m, p->slot, prompt + keep, np - keep, logits, err))
         goto out;
@@ -383,7 +400,7 @@ static int generate(kiln_model *m, const int32_t *prompt, int np, const kiln_gen
     double t1 = now_s();
     for (int i = 0; i < p->max_tokens; i++) {
         int nrec = s->pos < p->repeat_last_n ? s->pos : p->repeat_last_n;
-        int id = kiln_sample(&smp, logits, vocab, s->tokens + s->pos - nrec, nrec);
+        int id = m->cuda_greedy ? m->cuda_next : kiln_sample(&smp, logits, vocab, s->tokens + s->pos - nrec, nrec);
         if (id < 0) {
             kiln_errf(err, "sampling failed");
             goto out;
@@ -437,6 +454,7 @@ static int generate(kiln_model *m, const int32_t *prompt, int np, const kiln_gen
     st->decode_s = now_s() - t1;
     rc = 0;
 out:
+    m->cuda_greedy = 0;
     kiln_sampler_free(&smp);
     free(logits);
     free(piece);

@@ -1,6 +1,7 @@
 /* model.c - opening a compiled model and running it (non-LM path). */
 #include "kiln.h"
 #include "kiln_artifact.h"
+#include "kiln_cuda.h"
 #include "kiln_model_internal.h"
 
 #include <stdio.h>
@@ -11,7 +12,11 @@
 /* Defined by the generated object. */
 extern const uint8_t kiln_model_desc[];
 extern const uint64_t kiln_model_desc_size;
-int kiln_model_run(kiln_rt *rt, void **io, const int64_t *syms, uint8_t *arena, const uint8_t *weights);
+/* CPU objects define kiln_model_run, CUDA objects the launch program. */
+int kiln_model_run(kiln_rt *rt, void **io, const int64_t *syms, uint8_t *arena, const uint8_t *weights)
+    __attribute__((weak));
+extern const uint8_t kiln_cuda_prog[] __attribute__((weak));
+extern const uint64_t kiln_cuda_prog_size __attribute__((weak));
 /* Defined by the embedded-weights object when the model embeds its weights. */
 extern const uint8_t kiln_weights_blob[] __attribute__((weak));
 
@@ -90,7 +95,10 @@ int kiln_model_open_internal(kiln_model **out, const char *weights_path, int thr
         }
     }
     m->arena = NULL;
-    if (m->desc.arena_bytes) {
+    if (!strcmp(m->desc.target, "cuda")) {
+        if (kiln_cuda_open(m, kiln_cuda_prog, kiln_cuda_prog ? (size_t)kiln_cuda_prog_size : 0, err))
+            goto fail;
+    } else if (m->desc.arena_bytes) {
         if (posix_memalign((void **)&m->arena, 64, m->desc.arena_bytes)) {
             kiln_errf(err, "cannot allocate the %llu-byte arena", (unsigned long long)m->desc.arena_bytes);
             goto fail;
@@ -115,6 +123,7 @@ void kiln_model_close_internal(kiln_model *m)
     if (!m)
         return;
     kiln_lm_free(m);
+    kiln_cuda_close(m);
     kiln_rt_destroy(m->rt);
     free(m->arena);
     kiln_unmap_file(&m->wmap);
@@ -163,6 +172,10 @@ int kiln_model_bind(kiln_model *m, const kiln_buffer *inputs, int64_t *syms, kil
 
 int kiln_model_exec(kiln_model *m, void **io, const int64_t *syms)
 {
+    if (m->cuda)
+        return kiln_cuda_exec(m, io, syms);
+    if (!kiln_model_run)
+        return -1;
     return kiln_model_run(m->rt, io, syms, m->arena, m->weights);
 }
 

@@ -215,6 +215,8 @@ int kiln_cmd_build(int argc, char **argv)
             o.out = argv[++i];
         else if (!strcmp(a, "--target") && more)
             o.target = argv[++i];
+        else if (!strcmp(a, "--cuda-arch") && more)
+            o.cuda_archs = argv[++i];
         else if (!strcmp(a, "--shared"))
             o.shared = 1;
         else if (!strcmp(a, "--weights") && more) {
@@ -288,8 +290,8 @@ int kiln_cmd_build(int argc, char **argv)
     }
     if (!path || (!o.out && !o.emit_object))
         return kiln_cli_usage("build");
-    if (strcmp(o.target, "cpu") != 0) {
-        fprintf(stderr, "kiln build: unknown target '%s' (supported: cpu)\n", o.target);
+    if (strcmp(o.target, "cpu") != 0 && strcmp(o.target, "cuda") != 0) {
+        fprintf(stderr, "kiln build: unknown target '%s' (supported: cpu, cuda)\n", o.target);
         return KILN_EXIT_INPUT;
     }
     kiln_err err = {{0}};

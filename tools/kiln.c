@@ -11,7 +11,7 @@ static const kiln_cmd commands[] = {
     {"eval", kiln_cmd_eval, "run a model with the reference interpreter (.npy in and out)",
      "kiln eval MODEL --input NAME=FILE.npy ... [--output-dir DIR]"},
     {"build", kiln_cmd_build, "compile a model into an executable or a shared library",
-     "kiln build MODEL -o NAME [--target cpu] [--shared] [--weights embed|external] "
+     "kiln build MODEL -o NAME [--target cpu|cuda] [--cuda-arch N,...] [--shared] [--weights embed|external] "
      "[--bound SYM=N]... [--bind-input NAME=FILE.npy]... [--bind-shape NAME=D0,D1,...]... [--max-ctx N] [--kv-budget BYTES] [--kv-dtype f32|f16|bf16|i8] [--kv-layout inplace|functional] [--triple T] [--cpu NAME] [--features F] [-O0..3] [--passes P,...] [--verify-each] "
      "[--emit-obj FILE] [--keep-temps] [-v]"},
     {"ops", kiln_cmd_ops, "list the op registry (--markdown for the IR reference table)",

@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= 2
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release -DKILN_WERROR=ON
 
-.PHONY: all deps build test demo models asan clean
+.PHONY: all deps build test demo models asan clean zoo
 
 all: build
 
@@ -25,6 +25,13 @@ models:
 demo: build models
 	$(BUILD)/tools/kiln build .cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -o $(BUILD)/smollm2
 	$(BUILD)/smollm2 -p "What is the capital of France?" -n 64 --temp 0
+
+# The model zoo (tests/zoo): every member imported, verified through the
+# passes, compiled and compared with its reference; prints the table and
+# writes $(BUILD)/zoo.json. ZOO_ARGS="--target cuda" adds GPU tokens/s,
+# ZOO_ARGS="--markdown docs/zoo.md" regenerates the docs page.
+zoo: build models
+	python3 tests/zoo/run_zoo.py --kiln $(BUILD)/tools/kiln --json $(BUILD)/zoo.json $(ZOO_ARGS)
 
 # Debug build with AddressSanitizer + UndefinedBehaviorSanitizer, all tests.
 asan: deps

@@ -80,6 +80,21 @@ int kiln_random_run(kiln_graph *g, const kiln_pass_opts *o, uint64_t seed, kiln_
         kiln_tensor_alloc(&ins[i], v->type.dtype, v->type.rank, dims);
         int64_t n = kiln_tensor_numel(&ins[i]);
         const kiln_dtype_info *di = kiln_dtype_get(v->type.dtype);
+        /* integer inputs used as Gather indices (token ids, token types)
+         * stay inside the smallest table they index */
+        int64_t bound = 8;
+        for (int ni = 0; ni < g->n_nodes; ni++) {
+            const kiln_node *n = &g->nodes[ni];
+            if (strcmp(n->op->name, "Gather") || n->n_inputs < 2 || n->inputs[1] != g->inputs[i])
+                continue;
+            const kiln_type *dt = &g->values[n->inputs[0]].type;
+            int64_t ax = kiln_node_int(n, "axis");
+            if (ax < 0)
+                ax += dt->rank;
+            if (ax >= 0 && ax < dt->rank && KILN_DIM_IS_STATIC(dt->dims[ax]) && dt->dims[ax] > 0 &&
+                dt->dims[ax] < bound)
+                bound = dt->dims[ax];
+        }
         if (di->is_quant) {
             kiln_errf(err, "input %%%s: random block-quantized inputs are not supported", v->name);
             goto out;
@@ -89,7 +104,7 @@ int kiln_random_run(kiln_graph *g, const kiln_pass_opts *o, uint64_t seed, kiln_
             if (v->type.dtype == KILN_BOOL)
                 kiln_store_i64(KILN_BOOL, ins[i].data, k, (int64_t)(r & 1));
             else if (di->is_int)
-                kiln_store_i64(v->type.dtype, ins[i].data, k, (int64_t)(r % 8));
+                kiln_store_i64(v->type.dtype, ins[i].data, k, (int64_t)(r % (uint64_t)bound));
             else
                 kiln_store_f64(v->type.dtype, ins[i].data, k, (double)(r >> 11) / 9007199254740992.0 * 2 - 1);
         }

@@ -1,21 +1,30 @@
 /* pool.c - a small fork-join thread pool for generated kernels.
+ *
  * Static partitioning: each worker takes one contiguous range, which keeps
- * every thread on its own rows of the output (good for caches, no atomics). */
+ * every thread on its own rows of the output (good for caches). A model
+ * step launches tens of kernels back to back, so workers spin briefly on the
+ * job counter before sleeping: waking a sleeping thread costs more than most
+ * kernels take. */
 #include "kiln_rt.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+/* spin iterations before a worker sleeps (a few tens of microseconds) */
+#define SPIN_ROUNDS 20000
 
 struct kiln_rt {
     int nthreads;
     pthread_t *threads;
     pthread_mutex_t mu;
-    pthread_cond_t go, done;
-    uint64_t generation; /* bumped per job */
-    int pending;         /* workers still running the current job */
-    int quit;
-    /* current job */
+    pthread_cond_t go;
+    atomic_uint_fast64_t generation; /* bumped per job */
+    atomic_int pending;              /* workers still running the current job */
+    atomic_int sleepers;             /* workers waiting on the condition variable */
+    atomic_int quit;
+    /* current job (written before generation is bumped) */
     kiln_kernel_fn fn;
     void **bufs;
     const int64_t *syms;
@@ -42,22 +51,25 @@ static void *worker(void *p)
     int id = a->id;
     free(a);
     uint64_t seen = 0;
-    pthread_mutex_lock(&rt->mu);
     for (;;) {
-        while (!rt->quit && rt->generation == seen)
-            pthread_cond_wait(&rt->go, &rt->mu);
-        if (rt->quit)
+        uint64_t gen = atomic_load_explicit(&rt->generation, memory_order_acquire);
+        for (int spin = 0; gen == seen && spin < SPIN_ROUNDS && !atomic_load(&rt->quit); spin++)
+            gen = atomic_load_explicit(&rt->generation, memory_order_acquire);
+        if (gen == seen) {
+            pthread_mutex_lock(&rt->mu);
+            atomic_fetch_add(&rt->sleepers, 1);
+            while (!atomic_load(&rt->quit) && (gen = atomic_load(&rt->generation)) == seen)
+                pthread_cond_wait(&rt->go, &rt->mu);
+            atomic_fetch_sub(&rt->sleepers, 1);
+            pthread_mutex_unlock(&rt->mu);
+        }
+        if (atomic_load(&rt->quit))
             break;
-        seen = rt->generation;
-        int parts = rt->parts;
-        pthread_mutex_unlock(&rt->mu);
-        if (id < parts)
+        seen = gen;
+        if (id < rt->parts)
             run_part(rt, id);
-        pthread_mutex_lock(&rt->mu);
-        if (--rt->pending == 0)
-            pthread_cond_signal(&rt->done);
+        atomic_fetch_sub_explicit(&rt->pending, 1, memory_order_acq_rel);
     }
-    pthread_mutex_unlock(&rt->mu);
     return NULL;
 }
 
@@ -77,7 +89,10 @@ kiln_rt *kiln_rt_create(int threads)
     rt->nthreads = threads;
     pthread_mutex_init(&rt->mu, NULL);
     pthread_cond_init(&rt->go, NULL);
-    pthread_cond_init(&rt->done, NULL);
+    atomic_init(&rt->generation, 0);
+    atomic_init(&rt->pending, 0);
+    atomic_init(&rt->sleepers, 0);
+    atomic_init(&rt->quit, 0);
     /* the calling thread is worker 0; spawn the rest */
     rt->threads = calloc((size_t)threads, sizeof(pthread_t));
     for (int i = 1; i < threads; i++) {
@@ -98,7 +113,7 @@ void kiln_rt_destroy(kiln_rt *rt)
     if (!rt)
         return;
     pthread_mutex_lock(&rt->mu);
-    rt->quit = 1;
+    atomic_store(&rt->quit, 1);
     pthread_cond_broadcast(&rt->go);
     pthread_mutex_unlock(&rt->mu);
     for (int i = 1; i < rt->nthreads; i++)
@@ -106,7 +121,6 @@ void kiln_rt_destroy(kiln_rt *rt)
     free(rt->threads);
     pthread_mutex_destroy(&rt->mu);
     pthread_cond_destroy(&rt->go);
-    pthread_cond_destroy(&rt->done);
     free(rt);
 }
 
@@ -126,19 +140,19 @@ void kiln_rt_parallel(kiln_rt *rt, kiln_kernel_fn fn, void **bufs, const int64_t
         fn(bufs, syms, 0, n);
         return;
     }
-    pthread_mutex_lock(&rt->mu);
     rt->fn = fn;
     rt->bufs = bufs;
     rt->syms = syms;
     rt->n = n;
     rt->parts = (int)parts;
-    rt->pending = rt->nthreads - 1;
-    rt->generation++;
-    pthread_cond_broadcast(&rt->go);
-    pthread_mutex_unlock(&rt->mu);
+    atomic_store_explicit(&rt->pending, rt->nthreads - 1, memory_order_relaxed);
+    atomic_fetch_add(&rt->generation, 1); /* seq_cst: pairs with the sleepers count */
+    if (atomic_load(&rt->sleepers) > 0) {
+        pthread_mutex_lock(&rt->mu);
+        pthread_cond_broadcast(&rt->go);
+        pthread_mutex_unlock(&rt->mu);
+    }
     run_part(rt, 0);
-    pthread_mutex_lock(&rt->mu);
-    while (rt->pending > 0)
-        pthread_cond_wait(&rt->done, &rt->mu);
-    pthread_mutex_unlock(&rt->mu);
+    while (atomic_load_explicit(&rt->pending, memory_order_acquire) > 0)
+        ; /* workers finish within the kernel's time; no sleep needed */
 }

@@ -33,7 +33,8 @@ void kc_begin(cg *c, kc *k, const kiln_node *n)
     k->group = -1;
     k->given_vid = -1;
     char name[64];
-    snprintf(name, sizeof name, "kiln_k%d", c->nkernels++);
+    /* the op in the name makes profiles readable (perf shows kiln_k12_Linear) */
+    snprintf(name, sizeof name, "kiln_k%d_%s", c->nkernels++, n ? n->op->name : "copy");
     k->fn = LLVMAddFunction(c->mod, name, c->t_kfn);
     LLVMSetLinkage(k->fn, LLVMInternalLinkage);
     k->bufs = LLVMGetParam(k->fn, 0);

@@ -104,6 +104,42 @@ static kiln_dim param_dim(kiln_graph *g, kiln_strmap *params, const char *param)
     int id;
     if (kiln_strmap_get(params, param, &id))
         return KILN_DIM_FROM_SYM(id);
+    /* "past_sequence_length + sequence_length" (optimum's exports): a sum of
+     * names and integers is that expression, so it equals the dims the graph
+     * computes from the named inputs */
+    if (strchr(param, '+')) {
+        kiln_dim sum = 0;
+        const char *p = param;
+        for (;;) {
+            const char *e = strchr(p, '+');
+            size_t n = e ? (size_t)(e - p) : strlen(p);
+            while (n && (*p == ' ')) { p++; n--; }
+            while (n && p[n - 1] == ' ') n--;
+            if (!n)
+                goto opaque;
+            char term[256];
+            if (n >= sizeof term)
+                goto opaque;
+            memcpy(term, p, n);
+            term[n] = 0;
+            kiln_dim d;
+            if (term[0] >= '0' && term[0] <= '9') {
+                char *end;
+                long long v = strtoll(term, &end, 10);
+                if (*end)
+                    goto opaque;
+                d = v;
+            } else {
+                d = param_dim(g, params, term);
+            }
+            sum = kiln_dim_add(&g->syms, sum, d);
+            if (!e)
+                break;
+            p = e + 1;
+        }
+        return sum;
+    }
+opaque:;
     kiln_dim d = fresh_var(g, param);
     kiln_strmap_put(params, param, KILN_DIM_SYM_ID(d));
     return d;

@@ -7,7 +7,8 @@
 #                              into .kiln-gpu/ (what travels to the GPU machine)
 #   bench/gpu.sh [SECTIONS]    on the GPU machine (default: all sections)
 #
-# Sections: ops stories gguf smol perf. Results: $OUT (default
+# Sections: ops stories gguf smol perf (KILN_BENCH_SHAPES picks the perf
+# models). Results: $OUT (default
 # /tmp/kiln-gpu-out): log.txt, results.json, ops.json, table.md; the table is
 # printed last. The GPU machine needs python3 with torch + transformers (to
 # make the random-weight models and time HF eager), cc (kiln links artifacts
@@ -32,6 +33,9 @@ if [ "${1:-}" = pack ]; then
     done
     cp ../shared/data/stories260K.bin "$PACK/" 2>/dev/null || cp /work/shared/data/stories260K.bin "$PACK/"
     python3 -c "import sys; sys.path.insert(0, 'tests/python'); import test_gguf; test_gguf.write_tiny('$PACK/tiny.gguf', n_layer=8)"
+    # the GEMV experiment (docs/bench/gpu_notes.md), when nvcc is here
+    NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+    [ -x "$NVCC" ] && "$NVCC" -O3 -arch=sm_90 -o "$PACK/gemv_lab" bench/gemv_lab.cu
     X=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$X")"; grep -qx "/.kiln-gpu/" "$X" 2>/dev/null || echo "/.kiln-gpu/" >> "$X"
     du -sh "$PACK"
     exit 0
@@ -164,7 +168,7 @@ if want perf; then
     bw=$(python3 bench/gpu_bench.py copy_bw 2>>"$LOG" | tail -1)
     log "copy bandwidth: $bw"
     res "{\"copy\": $bw}"
-    for shape in smollm2-135m llama-3.2-1b; do
+    for shape in ${KILN_BENCH_SHAPES:-smollm2-135m llama-3.2-1b}; do
         M=$W/$shape
         [ -e "$M/config.json" ] || run timeout 900 python3 bench/gpu_bench.py gen $shape "$M"
         D=$W/${shape}_so

@@ -18,6 +18,7 @@
 #define GV_WARPS 8
 #define GV_RPW 2
 #define GV_BLOCK (GV_WARPS * 32)
+#define GV_UNROLL 8 /* 16-byte loads per row and lane in flight */
 
 static const char *qname(kiln_dtype dt)
 {
@@ -178,28 +179,63 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
         ck_line(&k, "  }");
         ck_line(&k, "}");
     } else if (vec) {
-        ck_line(&k, "#pragma unroll %d", K >= 2048 * per / 8 ? 8 : 4);
-        ck_line(&k, "for (int cc = lane; cc < K / %d; cc += 32) {", per);
+        /* batches of U 16-byte loads per row and lane, all issued before
+         * any is used: a warp keeps GV_RPW x U x 512 bytes in flight, which
+         * is what hides the memory latency when the matrix has few rows
+         * (one wave of warps, each touching its rows once) */
+        int64_t nch = K / per, U = (nch + 31) / 32;
+        if (U > GV_UNROLL)
+            U = GV_UNROLL;
+        int guard = nch % (32 * U) != 0;
+        /* x (and the norm weight) for the chunk go through shared memory:
+         * the block loads them with one round of coalesced loads while its
+         * weight loads are in flight. Read from global memory per use, each
+         * warp would wait for x U times per chunk, a full L2 round trip each
+         * when the block is alone on its SM (matrices with few rows). */
+        int64_t chf = 32 * U * per; /* K elements per chunk */
+        ck_line(&k, "const int NCH = %lld, CHF = %lld;", (long long)nch, (long long)chf);
+        ck_line(&k, "__shared__ __align__(16) float xs[%d][%lld];", CU_GEMV_MAX_M, (long long)chf);
+        if (np)
+            ck_line(&k, "__shared__ __align__(16) float nsm[%lld];", (long long)chf);
+        ck_line(&k, "#pragma unroll 1");
+        ck_line(&k, "for (int c0 = 0; c0 < NCH; c0 += %lld) {", (long long)(32 * U));
+        ck_line(&k, "  uint4 wb[%d][%lld];", GV_RPW, (long long)U);
+        ck_line(&k, "  #pragma unroll");
+        ck_line(&k, "  for (int u = 0; u < %lld; u++) { const int cc = c0 + u * 32 + lane;", (long long)U);
+        ck_line(&k, "    #pragma unroll");
+        ck_line(&k, "    for (int rr = 0; rr < %d; rr++) wb[rr][u] = %s; }", GV_RPW,
+                ck_s(&k, guard ? "cc < NCH ? kldg4(wp[rr] + cc * %d) : make_uint4(0u, 0u, 0u, 0u)" : "kldg4(wp[rr] + cc * %d)", per));
+        ck_line(&k, "  const int k0 = c0 * %d;", per);
+        ck_line(&k, "  if (c0 > 0) __syncthreads();");
+        ck_line(&k, "  for (int e = threadIdx.x; e < (int)M * (CHF / 4); e += blockDim.x) {");
+        ck_line(&k, "    const int m = e / (CHF / 4), q = e %% (CHF / 4);");
+        ck_line(&k, "    if (k0 + q * 4 < K) ((float4 *)xs[m])[q] = *(const float4 *)(%s + (i64)m * K + k0 + q * 4);", xp);
+        ck_line(&k, "  }");
+        if (np && nw32) {
+            ck_line(&k, "  for (int q = threadIdx.x; q < CHF / 4; q += blockDim.x)");
+            ck_line(&k, "    if (k0 + q * 4 < K) ((float4 *)nsm)[q] = *(const float4 *)(%s + k0 + q * 4);", np);
+        } else if (np) {
+            ck_line(&k, "  for (int q = threadIdx.x; q < CHF; q += blockDim.x) { const int kk = k0 + q; if (kk < K) nsm[q] = %s; }", nwv);
+        }
+        ck_line(&k, "  __syncthreads();");
+        ck_line(&k, "  #pragma unroll");
+        ck_line(&k, "  for (int u = 0; u < %lld; u++) { const int cc = c0 + u * 32 + lane, lo = (u * 32 + lane) * %d;%s", (long long)U,
+                per, guard ? " if (cc >= NCH) break;" : "");
         ck_line(&k, "  uint4 wv[%d];", GV_RPW);
         ck_line(&k, "  #pragma unroll");
-        ck_line(&k, "  for (int rr = 0; rr < %d; rr++) wv[rr] = kldg4(wp[rr] + cc * %d);", GV_RPW, per);
+        ck_line(&k, "  for (int rr = 0; rr < %d; rr++) wv[rr] = wb[rr][u];", GV_RPW);
         ck_line(&k, "  #pragma unroll");
         ck_line(&k, "  for (int m = 0; m < %d; m++) if (m < M) {", CU_GEMV_MAX_M);
         ck_line(&k, "    float xf[%d];", per);
-        ck_line(&k, "    { const float4 *x4 = (const float4 *)(%s + (i64)m * K + cc * %d);", xp, per);
+        ck_line(&k, "    { const float4 *x4 = (const float4 *)(xs[m] + lo);");
         ck_line(&k, "      const float4 xa = x4[0]; xf[0] = xa.x; xf[1] = xa.y; xf[2] = xa.z; xf[3] = xa.w;%s }",
                 per == 8 ? " const float4 xb = x4[1]; xf[4] = xb.x; xf[5] = xb.y; xf[6] = xb.z; xf[7] = xb.w;" : "");
         if (np) {
             ck_line(&k, "    #pragma unroll");
             ck_line(&k, "    for (int j = 0; j < %d; j++) ss[m] += xf[j] * xf[j];", per);
-            if (nw32) {
-                ck_line(&k, "    { const float4 *n4 = (const float4 *)(%s + cc * %d);", np, per);
-                ck_line(&k, "      const float4 na = n4[0]; xf[0] *= na.x; xf[1] *= na.y; xf[2] *= na.z; xf[3] *= na.w;%s }",
-                        per == 8 ? " const float4 nb = n4[1]; xf[4] *= nb.x; xf[5] *= nb.y; xf[6] *= nb.z; xf[7] *= nb.w;" : "");
-            } else {
-                ck_line(&k, "    #pragma unroll");
-                ck_line(&k, "    for (int j = 0; j < %d; j++) { const int kk = cc * %d + j; xf[j] *= %s; }", per, per, nwv);
-            }
+            ck_line(&k, "    { const float4 *n4 = (const float4 *)(nsm + lo);");
+            ck_line(&k, "      const float4 na = n4[0]; xf[0] *= na.x; xf[1] *= na.y; xf[2] *= na.z; xf[3] *= na.w;%s }",
+                    per == 8 ? " const float4 nb = n4[1]; xf[4] *= nb.x; xf[5] *= nb.y; xf[6] *= nb.z; xf[7] *= nb.w;" : "");
         }
         ck_line(&k, "    #pragma unroll");
         ck_line(&k, "    for (int rr = 0; rr < %d; rr++) {", GV_RPW);
@@ -213,6 +249,7 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
                         "khi_%s(wv[rr].w) * xf[7];", sf, sf, sf, sf, sf, sf, sf, sf);
         }
         ck_line(&k, "    }");
+        ck_line(&k, "  }");
         ck_line(&k, "  }");
         ck_line(&k, "}");
     } else {

@@ -12,6 +12,9 @@
 #define ROW_BLOCK 256
 #define ATT_BLOCK 128
 #define ATT_WARPS (ATT_BLOCK / 32)
+#define ATT_UNROLL 4 /* keys per warp per round */
+#define ATT_SPLIT_KEYS 16 /* keys per split of a decode step */
+#define ATT_MAX_SPLITS 64
 
 int cu_is_nn(const char *op)
 {
@@ -305,17 +308,21 @@ typedef struct attn {
 } attn;
 
 /* KV append: the new rows of k (roped when fused) and v go to rows P.. of
- * the in-place cache [B, Hkv, kv_ctx, D]. One block per token. */
+ * the in-place cache [B, Hkv, kv_ctx, D]. Grid: x = token, y = chunks of
+ * ATT_BLOCK elements of its Hkv x max(D, Dv) rows, one element of k and of
+ * v per thread (a decode step is one short kernel, not a serial walk). */
 static int lower_kv_append(cu *c, int ni, const attn *a)
 {
+    int64_t wide = a->Hkv * (a->D > a->Dv ? a->D : a->Dv);
     ck k;
     ck_begin(c, &k, ni, ATT_BLOCK);
     ck_line(&k, "const i64 S = %s, P = %s, t = blockIdx.x, bb = t / S, ss = t %% S;", ck_d(&k, a->Skv), ck_d(&k, a->P));
     ck_line(&k, "const i64 Hk = %lldLL, D = %lldLL, Dv = %lldLL, CTX = %lldLL;", (long long)a->Hkv, (long long)a->D,
             (long long)a->Dv, (long long)a->kv_ctx);
+    ck_line(&k, "const i64 e = (i64)blockIdx.y * blockDim.x + threadIdx.x;");
     if (a->rk.x >= 0)
         ck_line(&k, "const i64 row = %s;", rope_row(&k, &a->rk, "bb", "ss", "S"));
-    ck_line(&k, "for (i64 e = threadIdx.x; e < Hk * D; e += blockDim.x) {");
+    ck_line(&k, "if (e < Hk * D) {");
     ck_line(&k, "  const i64 h = e / D, d = e %% D, src = (t * Hk + h) * D;");
     if (a->rk.x >= 0) {
         rope_elem(&k, &a->rk, "src", "d", "row", "kv");
@@ -324,7 +331,7 @@ static int lower_kv_append(cu *c, int ni, const attn *a)
     }
     ck_store_dt(&k, a->present_k, a->kv_dtype, "((bb * Hk + h) * CTX + P + ss) * D + d", "kv", "float");
     ck_line(&k, "}");
-    ck_line(&k, "for (i64 e = threadIdx.x; e < Hk * Dv; e += blockDim.x) {");
+    ck_line(&k, "if (e < Hk * Dv) {");
     ck_line(&k, "  const i64 h = e / Dv, d = e %% Dv;");
     ck_store_dt(&k, a->present_v, a->kv_dtype, "((bb * Hk + h) * CTX + P + ss) * Dv + d",
              ck_load_as(&k, a->v, "(t * Hk + h) * Dv + d", "float"), "float");
@@ -332,7 +339,7 @@ static int lower_kv_append(cu *c, int ni, const attn *a)
     int kern = ck_end(&k);
     if (kern < 0)
         return -1;
-    cu_launch_k(c, &k, kern, kiln_dim_mul(&c->g->syms, a->B, a->Skv), 1, 1, 1);
+    cu_launch_k(c, &k, kern, kiln_dim_mul(&c->g->syms, a->B, a->Skv), 1, (wide + ATT_BLOCK - 1) / ATT_BLOCK, 1);
     return 0;
 }
 
@@ -379,9 +386,11 @@ static int lower_attn_core(cu *c, int ni, const attn *a)
     if (grp * a->D > 4096 || grp * a->Dv * ATT_WARPS > 8192 || E > 8 || ED > 8)
         return cu_fail(c, n, "attention head group too large for the CUDA kernel (%lld heads of %lld)", (long long)grp,
                        (long long)a->D);
-    int64_t ns = (Tmax + 127) / 128;
-    if (ns > 32)
-        ns = 32;
+    /* decode: enough splits that each block walks one or two rounds of keys
+     * (the step's latency is one block's, not a long serial walk) */
+    int64_t ns = (Tmax + ATT_SPLIT_KEYS - 1) / ATT_SPLIT_KEYS;
+    if (ns > ATT_MAX_SPLITS)
+        ns = ATT_MAX_SPLITS;
     if (ns < 1)
         ns = 1;
     /* scratch: partials [Hq][ns][Dv + 2] for one query, then one counter per KV head */
@@ -428,59 +437,85 @@ static int lower_attn_core(cu *c, int ni, const attn *a)
         ck_line(&k, "if (hi > pos + %lld + 1) hi = pos + %lld + 1;", (long long)a->rw, (long long)a->rw);
     ck_line(&k, "if (lo < 0) lo = 0;");
     ck_line(&k, "const i64 len = hi > lo ? hi - lo : 0;");
-    ck_line(&k, "i64 act = (len + 63) / 64; if (act > ns) act = ns; if (act < 1) act = 1;");
+    /* splits past the ones the key range needs leave at once; the others
+     * count themselves in, and the last one combines */
+    ck_line(&k, "i64 act = (len + %d) / %d; if (act > ns) act = ns; if (act < 1) act = 1;", ATT_SPLIT_KEYS - 1, ATT_SPLIT_KEYS);
+    ck_line(&k, "if (split >= act) return;");
     ck_line(&k, "const i64 chunk = (len + act - 1) / act, j0 = lo + split * chunk;");
-    ck_line(&k, "const i64 j1 = split < act ? (j0 + chunk < hi ? j0 + chunk : hi) : j0;");
+    ck_line(&k, "const i64 j1 = j0 + chunk < hi ? j0 + chunk : hi;");
     ck_line(&k, "float m[%lld], l[%lld], acc[%lld][%lld];", (long long)grp, (long long)grp, (long long)grp, (long long)E);
     ck_line(&k, "#pragma unroll");
     ck_line(&k, "for (int hh = 0; hh < G; hh++) { m[hh] = -KINF; l[hh] = 0.f;");
     ck_line(&k, "  #pragma unroll");
     ck_line(&k, "  for (int e = 0; e < %lld; e++) acc[hh][e] = 0.f; }", (long long)E);
-    ck_line(&k, "for (i64 j = j0 + warp; j < j1; j += %d) {", ATT_WARPS);
-    /* key / value row j */
+    /* ATT_UNROLL keys per warp per round: their K/V rows are loaded
+     * together and their scores reduced together, so a warp waits for
+     * memory once per round rather than once per key. */
+    ck_line(&k, "for (i64 jb = j0 + warp; jb < j1; jb += %d) {", ATT_WARPS * ATT_UNROLL);
+    ck_line(&k, "  float kr[%d][%lld], vr[%d][%lld];", ATT_UNROLL, (long long)ED, ATT_UNROLL, (long long)E);
+    ck_line(&k, "  #pragma unroll");
+    ck_line(&k, "  for (int u = 0; u < %d; u++) {", ATT_UNROLL);
+    ck_line(&k, "    const i64 j = jb + u * %d; const int jok = j < j1;", ATT_WARPS);
     if (a->inplace) {
-        ck_line(&k, "  const i64 ko = ((bb * Hk + g) * %lldLL + j) * D, vo = ((bb * Hk + g) * %lldLL + j) * Dv;",
+        ck_line(&k, "    const i64 ko = ((bb * Hk + g) * %lldLL + j) * D, vo = ((bb * Hk + g) * %lldLL + j) * Dv;",
                 (long long)a->kv_ctx, (long long)a->kv_ctx);
     }
-    ck_line(&k, "  float kr[%lld], vr[%lld];", (long long)ED, (long long)E);
-    ck_line(&k, "  #pragma unroll");
-    ck_line(&k, "  for (int e = 0; e < %lld; e++) { const int d = lane + 32 * e; kr[e] = 0.f; if (d < D) {", (long long)ED);
+    ck_line(&k, "    #pragma unroll");
+    ck_line(&k, "    for (int e = 0; e < %lld; e++) { const int d = lane + 32 * e; kr[u][e] = 0.f; if (jok && d < D) {", (long long)ED);
     if (a->inplace) {
-        ck_line(&k, "    kr[e] = %s;", ck_load_dt(&k, a->present_k, a->kv_dtype, "ko + d", "float"));
+        ck_line(&k, "      kr[u][e] = %s;", ck_load_dt(&k, a->present_k, a->kv_dtype, "ko + d", "float"));
     } else {
         const char *cidx = a->three ? "((bb * Skv + (j - P)) * Hk + g) * D + d" : "((bb * Hk + g) * Skv + (j - P)) * D + d";
         if (a->pk >= 0)
-            ck_line(&k, "    kr[e] = j < P ? %s : %s;", ck_load_as(&k, a->pk, "((bb * Hk + g) * P + j) * D + d", "float"),
+            ck_line(&k, "      kr[u][e] = j < P ? %s : %s;", ck_load_as(&k, a->pk, "((bb * Hk + g) * P + j) * D + d", "float"),
                     ck_load_as(&k, a->k, cidx, "float"));
         else
-            ck_line(&k, "    kr[e] = %s;", ck_load_as(&k, a->k, cidx, "float"));
+            ck_line(&k, "      kr[u][e] = %s;", ck_load_as(&k, a->k, cidx, "float"));
     }
-    ck_line(&k, "  } }");
-    ck_line(&k, "  #pragma unroll");
-    ck_line(&k, "  for (int e = 0; e < %lld; e++) { const int d = lane + 32 * e; vr[e] = 0.f; if (d < Dv) {", (long long)E);
+    ck_line(&k, "    } }");
+    ck_line(&k, "    #pragma unroll");
+    ck_line(&k, "    for (int e = 0; e < %lld; e++) { const int d = lane + 32 * e; vr[u][e] = 0.f; if (jok && d < Dv) {", (long long)E);
     if (a->inplace) {
-        ck_line(&k, "    vr[e] = %s;", ck_load_dt(&k, a->present_v, a->kv_dtype, "vo + d", "float"));
+        ck_line(&k, "      vr[u][e] = %s;", ck_load_dt(&k, a->present_v, a->kv_dtype, "vo + d", "float"));
     } else {
         const char *cidx = a->three ? "((bb * Skv + (j - P)) * Hk + g) * Dv + d" : "((bb * Hk + g) * Skv + (j - P)) * Dv + d";
         if (a->pv >= 0)
-            ck_line(&k, "    vr[e] = j < P ? %s : %s;", ck_load_as(&k, a->pv, "((bb * Hk + g) * P + j) * Dv + d", "float"),
+            ck_line(&k, "      vr[u][e] = j < P ? %s : %s;", ck_load_as(&k, a->pv, "((bb * Hk + g) * P + j) * Dv + d", "float"),
                     ck_load_as(&k, a->v, cidx, "float"));
         else
-            ck_line(&k, "    vr[e] = %s;", ck_load_as(&k, a->v, cidx, "float"));
+            ck_line(&k, "      vr[u][e] = %s;", ck_load_as(&k, a->v, cidx, "float"));
     }
-    ck_line(&k, "  } }");
+    ck_line(&k, "    } }");
+    ck_line(&k, "  }");
+    /* scores of the round's keys (a key past j1 scores -inf; the first is
+     * always in range, so the running maximum below stays finite) */
     ck_line(&k, "  #pragma unroll");
     ck_line(&k, "  for (int hh = 0; hh < G; hh++) {");
-    ck_line(&k, "    float s = 0.f;");
+    ck_line(&k, "    float s[%d];", ATT_UNROLL);
     ck_line(&k, "    #pragma unroll");
-    ck_line(&k, "    for (int e = 0; e < %lld; e++) { const int d = lane + 32 * e; if (d < D) s += qs[hh * D + d] * kr[e]; }", (long long)ED);
-    ck_line(&k, "    s = kwsum(s) * %.9ef;", a->scale);
+    ck_line(&k, "    for (int u = 0; u < %d; u++) {", ATT_UNROLL);
+    ck_line(&k, "      float t = 0.f;");
+    ck_line(&k, "      #pragma unroll");
+    ck_line(&k, "      for (int e = 0; e < %lld; e++) { const int d = lane + 32 * e; if (d < D) t += qs[hh * D + d] * kr[u][e]; }", (long long)ED);
+    ck_line(&k, "      t = kwsum(t) * %.9ef;", a->scale);
     if (a->softcap > 0)
-        ck_line(&k, "    s = %.9ef * tanhf(s / %.9ef);", a->softcap, a->softcap);
-    ck_line(&k, "    const float mn = fmaxf(m[hh], s), corr = expf(m[hh] - mn), p = expf(s - mn);");
-    ck_line(&k, "    l[hh] = l[hh] * corr + p; m[hh] = mn;");
+        ck_line(&k, "      t = %.9ef * tanhf(t / %.9ef);", a->softcap, a->softcap);
+    ck_line(&k, "      s[u] = jb + u * %d < j1 ? t : -KINF;", ATT_WARPS);
+    ck_line(&k, "    }");
+    ck_line(&k, "    float mn = m[hh];");
     ck_line(&k, "    #pragma unroll");
-    ck_line(&k, "    for (int e = 0; e < %lld; e++) acc[hh][e] = acc[hh][e] * corr + p * vr[e];", (long long)E);
+    ck_line(&k, "    for (int u = 0; u < %d; u++) mn = fmaxf(mn, s[u]);", ATT_UNROLL);
+    ck_line(&k, "    const float corr = expf(m[hh] - mn);");
+    ck_line(&k, "    float ps = 0.f;");
+    ck_line(&k, "    #pragma unroll");
+    ck_line(&k, "    for (int e = 0; e < %lld; e++) acc[hh][e] *= corr;", (long long)E);
+    ck_line(&k, "    #pragma unroll");
+    ck_line(&k, "    for (int u = 0; u < %d; u++) {", ATT_UNROLL);
+    ck_line(&k, "      const float p = expf(s[u] - mn); ps += p;");
+    ck_line(&k, "      #pragma unroll");
+    ck_line(&k, "      for (int e = 0; e < %lld; e++) acc[hh][e] += p * vr[u][e];", (long long)E);
+    ck_line(&k, "    }");
+    ck_line(&k, "    l[hh] = l[hh] * corr + ps; m[hh] = mn;");
     ck_line(&k, "  }");
     ck_line(&k, "}");
     /* combine the warps */
@@ -497,7 +532,7 @@ static int lower_attn_core(cu *c, int ni, const attn *a)
     ck_line(&k, "  float M = -KINF; for (int w = 0; w < %d; w++) M = fmaxf(M, wm[w][hh]);", ATT_WARPS);
     ck_line(&k, "  float L = 0.f, A = 0.f;");
     ck_line(&k, "  for (int w = 0; w < %d; w++) if (wm[w][hh] != -KINF) { const float f = expf(wm[w][hh] - M); L += wl[w][hh] * f; A += wacc[w][hh * Dv + d] * f; }", ATT_WARPS);
-    ck_line(&k, "  if (ns == 1) {");
+    ck_line(&k, "  if (act == 1) {");
     ck_line(&k, "    const float o = L > 0.f ? A / L : 0.f;");
     ck_store(&k, a->y, a->three ? "(ybase + h) * Dv + d" : "((bb * Hq + h) * Sq + i) * Dv + d", "o", "float");
     ck_line(&k, "  } else {");
@@ -505,19 +540,19 @@ static int lower_attn_core(cu *c, int ni, const attn *a)
     ck_line(&k, "    pp[2 + d] = A; if (d == 0) { pp[0] = M; pp[1] = L; }");
     ck_line(&k, "  }");
     ck_line(&k, "}");
-    ck_line(&k, "if (ns == 1) return;");
+    ck_line(&k, "if (act == 1) return;");
     ck_line(&k, "__threadfence();");
     ck_line(&k, "__syncthreads();");
-    ck_line(&k, "if (threadIdx.x == 0) last = atomicAdd(%s + g, 1) == ns - 1;", cnt);
+    ck_line(&k, "if (threadIdx.x == 0) last = atomicAdd(%s + g, 1) == act - 1;", cnt);
     ck_line(&k, "__syncthreads();");
     ck_line(&k, "if (!last) return;");
     ck_line(&k, "__threadfence();");
     ck_line(&k, "for (int e = threadIdx.x; e < G * Dv; e += blockDim.x) {");
     ck_line(&k, "  const int hh = e / Dv, d = e %% Dv; const i64 h = g * G + hh;");
     ck_line(&k, "  const volatile float *pp = %s + h * ns * (Dv + 2);", part);
-    ck_line(&k, "  float M = -KINF; for (int s = 0; s < ns; s++) M = fmaxf(M, pp[s * (Dv + 2)]);");
+    ck_line(&k, "  float M = -KINF; for (int s = 0; s < act; s++) M = fmaxf(M, pp[s * (Dv + 2)]);");
     ck_line(&k, "  float L = 0.f, A = 0.f;");
-    ck_line(&k, "  for (int s = 0; s < ns; s++) { const float ms = pp[s * (Dv + 2)]; if (ms != -KINF) { const float f = expf(ms - M); L += pp[s * (Dv + 2) + 1] * f; A += pp[s * (Dv + 2) + 2 + d] * f; } }");
+    ck_line(&k, "  for (int s = 0; s < act; s++) { const float ms = pp[s * (Dv + 2)]; if (ms != -KINF) { const float f = expf(ms - M); L += pp[s * (Dv + 2) + 1] * f; A += pp[s * (Dv + 2) + 2 + d] * f; } }");
     ck_line(&k, "  const float o = L > 0.f ? A / L : 0.f;");
     ck_store(&k, a->y, a->three ? "(ybase + h) * Dv + d" : "((bb * Hq + h) * Sq + i) * Dv + d", "o", "float");
     ck_line(&k, "}");

@@ -72,7 +72,7 @@ const char cu_prelude[] =
     "KD float kfmod(float x, float y, int fm) { float r = fmodf(x, y); if (!fm && r != 0 && ((r < 0) != (y < 0))) r += y; return r; }\n"
     "KD double kdmod(double x, double y, int fm) { double r = fmod(x, y); if (!fm && r != 0 && ((r < 0) != (y < 0))) r += y; return r; }\n"
     "// 16-byte loads that bypass L1 for weights streamed once\n"
-    "KD uint4 kldg4(const void *p) { uint4 r; asm volatile(\"ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\" : \"=r\"(r.x), \"=r\"(r.y), \"=r\"(r.z), \"=r\"(r.w) : \"l\"(p)); return r; }\n"
+    "KD uint4 kldg4(const void *p) { uint4 r; asm(\"ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\" : \"=r\"(r.x), \"=r\"(r.y), \"=r\"(r.z), \"=r\"(r.w) : \"l\"(p)); return r; }\n"
     "KD float klo_b(u32 w) { return __uint_as_float(w << 16); }\n"
     "KD float khi_b(u32 w) { return __uint_as_float(w & 0xffff0000u); }\n"
     "KD float klo_h(u32 w) { return kh2f((u16)(w & 0xffffu)); }\n"

@@ -174,6 +174,51 @@ __global__ void __launch_bounds__(256) v_pipe(const u16 *W, const float *x, floa
     }
 }
 
+// V3: many small blocks (the logits GEMV's regime, which streams near copy
+// bandwidth): a block of T threads owns R rows; each thread loads J chunks
+// of 8 weights per row per batch, all R*J loads issued before any use;
+// warp shuffle then a shared-memory sum across the block's warps.
+template <int T, int R, int J>
+__global__ void __launch_bounds__(T) v_blockrows(const u16 *W, const float *x, float *y, int N, int K)
+{
+    __shared__ float part[T / 32][R];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int row0 = blockIdx.x * R;
+    if (row0 >= N)
+        return;
+    const int nch = K / 8;
+    float acc[R] = {};
+    for (int c0 = 0; c0 < nch; c0 += T * J) {
+        uint4 wb[R][J];
+#pragma unroll
+        for (int j = 0; j < J; j++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                wb[r][j] = ldw(W + (size_t)(row0 + r) * K + (c0 + j * T + tid) * 8);
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            const float *xp = x + (c0 + j * T + tid) * 8;
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                acc[r] += dot8(wb[r][j], xp);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float v = wsum(acc[r]);
+        if (lane == 0)
+            part[warp][r] = v;
+    }
+    __syncthreads();
+    if (tid < R) {
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < T / 32; w++)
+            v += part[w][tid];
+        y[row0 + tid] = v;
+    }
+}
+
 struct shape {
     const char *name;
     int N, K;
@@ -185,6 +230,8 @@ struct variant {
     kfn f;
     int rpw;     // rows per warp unit (grid sizing of one-shot kernels)
     int persist; // blocks per SM for persistent kernels (0: one shot)
+    int threads; // block size (0: 256, 8 warps per block)
+    int kmult;   // K must be a multiple of this (else the variant is skipped)
 };
 
 static float bf2f(u16 b)
@@ -218,12 +265,16 @@ int main()
         {"pipe u8 x2/SM", v_pipe<8>, 1, 2},
         {"pipe u8 x3/SM", v_pipe<8>, 1, 3},
         {"pipe u8 x4/SM", v_pipe<8>, 1, 4},
+        {"blk T128 R4 J2", v_blockrows<128, 4, 2>, 4, 0, 128, 2048},
+        {"blk T128 R2 J2", v_blockrows<128, 2, 2>, 2, 0, 128, 2048},
+        {"blk T256 R2 J1", v_blockrows<256, 2, 1>, 2, 0, 256, 2048},
+        {"blk T64 R4 J4", v_blockrows<64, 4, 4>, 4, 0, 64, 2048},
+        {"blk T128 R1 J4", v_blockrows<128, 1, 4>, 1, 0, 128, 4096},
+        {"blk T256 R1 J4", v_blockrows<256, 1, 4>, 1, 0, 256, 8192},
+        {"blk T64 R8 J2", v_blockrows<64, 8, 2>, 8, 0, 64, 1024},
     };
     const int nv = sizeof vars / sizeof vars[0], ns = sizeof shapes / sizeof shapes[0];
-    printf("%-22s", "GB/s");
-    for (int v = 0; v < nv; v++)
-        printf(" | %s", vars[v].name);
-    printf("\n");
+    printf("%-20s | %-28s | %6s | %s\n", "shape", "variant", "GB/s", "us");
     srand(1);
     for (int s = 0; s < ns; s++) {
         const int N = shapes[s].N, K = shapes[s].K;
@@ -253,13 +304,16 @@ int main()
         CK(cudaMalloc(&dx, K * 4));
         CK(cudaMalloc(&dy, (size_t)N * 4));
         CK(cudaMemcpy(dx, hx.data(), K * 4, cudaMemcpyHostToDevice));
-        printf("%-22s", shapes[s].name);
         for (int v = 0; v < nv; v++) {
             const variant &V = vars[v];
-            int grid = V.persist ? nsm * V.persist : (N / V.rpw + 7) / 8;
+            const int threads = V.threads ? V.threads : 256;
+            if (V.kmult && K % V.kmult) {
+                continue;
+            }
+            int grid = V.persist ? nsm * V.persist : V.threads ? N / V.rpw : (N / V.rpw + 7) / 8;
             // correctness: poison, run, compare
             CK(cudaMemset(dy, 0xff, (size_t)N * 4));
-            V.f<<<grid, 256>>>(dw[0], dx, dy, N, K);
+            V.f<<<grid, threads>>>(dw[0], dx, dy, N, K);
             CK(cudaGetLastError());
             CK(cudaDeviceSynchronize());
             std::vector<float> hy(N);
@@ -278,7 +332,7 @@ int main()
             if (reps > 2000)
                 reps = 2000;
             for (int r = 0; r < copies; r++)
-                V.f<<<grid, 256>>>(dw[r % copies], dx, dy, N, K);
+                V.f<<<grid, threads>>>(dw[r % copies], dx, dy, N, K);
             // launches captured in a graph, as kiln's decode steps replay them
             const int per = 50;
             reps = (reps + per - 1) / per * per;
@@ -288,7 +342,7 @@ int main()
             cudaGraphExec_t ge;
             CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
             for (int r = 0; r < per; r++)
-                V.f<<<grid, 256, 0, st>>>(dw[r % copies], dx, dy, N, K);
+                V.f<<<grid, threads, 0, st>>>(dw[r % copies], dx, dy, N, K);
             CK(cudaStreamEndCapture(st, &gr));
             CK(cudaGraphInstantiate(&ge, gr, 0));
             CK(cudaGraphLaunch(ge, st));
@@ -305,7 +359,8 @@ int main()
             float ms = 0;
             CK(cudaEventElapsedTime(&ms, e0, e1));
             double us = 1e3 * ms / reps;
-            printf(" | %6.0f (%5.1f us)%s", wbytes / us / 1e3, us, rel < 1e-5 ? "" : " WRONG");
+            printf("%-20s | %-28s | %6.0f | %6.1f%s\n", shapes[s].name, V.name, wbytes / us / 1e3, us,
+                   rel < 1e-5 ? "" : " WRONG");
             fflush(stdout);
             CK(cudaEventDestroy(e0));
             CK(cudaEventDestroy(e1));
@@ -313,7 +368,6 @@ int main()
             CK(cudaGraphDestroy(gr));
             CK(cudaStreamDestroy(st));
         }
-        printf("\n");
         for (int c = 0; c < copies; c++)
             CK(cudaFree(dw[c]));
         CK(cudaFree(dx));

@@ -149,9 +149,9 @@ static int write_weights(kiln_graph *g, const kiln_plan *p, const char *path, ui
     return 0;
 }
 
-/* ---- running the linker ---- */
+/* ---- running the linker (and the CUDA target's host compiler) ---- */
 
-static int run_cmd(char *const argv[], int verbose, kiln_err *err)
+int kiln_run_cmd(char *const argv[], int verbose, kiln_err *err)
 {
     if (verbose) {
         fprintf(stderr, "kiln:");
@@ -203,7 +203,7 @@ static int move_file(const char *from, const char *to, kiln_err *err)
     if (errno != EXDEV)
         return kiln_errf(err, "cannot move the result to %s: %s", to, strerror(errno));
     char *argv[] = {"mv", "-f", (char *)from, (char *)to, NULL};
-    return run_cmd(argv, 0, err);
+    return kiln_run_cmd(argv, 0, err);
 }
 
 /* Removes the build's temporary folder, which holds plain files only
@@ -305,7 +305,7 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
     const char *cc = o->cc ? o->cc : getenv("CC") ? getenv("CC") : "cc";
     if (embed) {
         char *argv[] = {(char *)cc, "-c", "-o", wobj, wasm, NULL};
-        if (run_cmd(argv, o->verbose, err))
+        if (kiln_run_cmd(argv, o->verbose, err))
             goto out;
     }
     {
@@ -334,7 +334,7 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
             kiln_errf(err, "runtime library not available to link against");
             goto out;
         }
-        if (run_cmd(argv, o->verbose, err))
+        if (kiln_run_cmd(argv, o->verbose, err))
             goto out;
     }
     /* everything built: move into place */
@@ -355,7 +355,7 @@ int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err)
             *dot = 0;
         strncat(hdr, ".h", sizeof hdr - strlen(hdr) - 1);
         char *argv[] = {"cp", (char *)o->rt_header, hdr, NULL};
-        if (run_cmd(argv, 0, err))
+        if (kiln_run_cmd(argv, 0, err))
             goto out;
     }
     if (move_file(outtmp, o->out, err))

@@ -49,6 +49,10 @@ int kiln_codegen_cuda(kiln_graph *g, const kiln_plan *p, const kiln_build_opts *
 /* Plans memory, writes weights, generates code and links the artifact. */
 int kiln_build(kiln_graph *g, const kiln_build_opts *o, kiln_err *err);
 
+/* Runs argv (a NULL-terminated command line, argv[0] looked up in PATH);
+ * on failure the error holds the command's first lines of output. */
+int kiln_run_cmd(char *const argv[], int verbose, kiln_err *err);
+
 /* Fills a descriptor's I/O and symbol tables from a graph and plan. */
 int kiln_desc_from_graph(const kiln_graph *g, const kiln_plan *p, kiln_desc *d, kiln_err *err);
 

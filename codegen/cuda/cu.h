@@ -17,7 +17,7 @@
 
 /* Decode-sized problems: GEMV kernels handle up to this many rows of x;
  * more rows take the tiled GEMM (prefill). */
-#define CU_GEMV_MAX_M 4
+#define CU_GEMV_MAX_M 1
 
 typedef struct cu_arg {
     int kind;  /* KILN_CU_ARG_* */
@@ -99,7 +99,8 @@ typedef struct ck {
     char *pool[4096];          /* strings handed out by ck_d etc. */
     int npool;
     int block;
-    int own_wait; /* the body calls kgdc_wait() itself (after its prefetches) */
+    int own_wait; /* the body calls kgdc_wait() itself (after kgdc_launch()) */
+    int min_blocks; /* __launch_bounds__ minimum resident blocks per SM (0: none) */
     int subst_vid;          /* value read as subst (an anchor's result in its epilogue), -1 */
     const char *subst;
 } ck;

@@ -1,11 +1,11 @@
 /* cu_matmul.c - contractions for the CUDA target.
  *
  * Linear (y = x W^T, W [N, K] in f32/f16/bf16 or a GGML block format):
- *  - decode (at most CU_GEMV_MAX_M rows of x): a memory-bound GEMV. Each warp
- *    streams two weight rows with 16-byte loads (ld.global.nc, no L1
- *    allocation) while x sits in shared memory; epilogues fuse the bias, the
- *    residual add, a whole q/k/v group, or SwiGLU (gate and up rows in the
- *    same warp), and the prologue may apply the preceding RMSNorm;
+ *  - decode (at most CU_GEMV_MAX_M rows of x): a memory-bound GEMV. Each
+ *    128-thread block streams two weight rows with 16-byte loads
+ *    (ld.global.nc, no L1 allocation), x read through L1; epilogues fuse the
+ *    bias, the residual add, a whole q/k/v group, or SwiGLU (gate and up
+ *    rows in the same block), and the preceding RMSNorm is folded in;
  *  - prefill: a tiled GEMM on the tensor cores (mma.sync m16n8k16 bf16 with
  *    f32 accumulation; activations rounded to bf16) for 16-bit weights, and
  *    a tiled f32 SIMT GEMM for f32 and block-quantized weights.
@@ -15,10 +15,10 @@
 
 #include <string.h>
 
-#define GV_WARPS 8
-#define GV_RPW 2
-#define GV_BLOCK (GV_WARPS * 32)
-#define GV_UNROLL 8 /* 16-byte loads per row and lane in flight */
+#define GV_T 128 /* threads per GEMV block */
+#define GV_RPB 2 /* weight rows per block */
+#define GV_J 2   /* 16-byte loads per row and thread in flight */
+#define GV_MIN_BLOCKS 12 /* resident GEMV blocks per SM (65536 registers / (128 x 40)) */
 
 static const char *qname(kiln_dtype dt)
 {
@@ -102,19 +102,20 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
     int w16 = wdt == KILN_F16 || wdt == KILN_BF16;
     int per = w16 ? 8 : 4;
     int vec = (w16 && K % 8 == 0) || (wdt == KILN_F32 && K % 4 == 0);
-    /* x straight from global memory (L1/L2 hits: every warp reads the same
-     * rows); a fused RMSNorm multiplies x by its weight on the fly and the
-     * dot products by 1/rms at the end, from the sum of squares each warp
-     * gathers while it reads x: no shared memory, no block barrier, so the
-     * weight stream starts at once */
+    /* x straight from global memory (L1/L2 hits: every block reads the
+     * same rows); a fused RMSNorm multiplies x by its weight on the fly and
+     * the dot products by 1/rms at the end, from the sum of squares the
+     * block gathers while it reads x: nothing runs before the weight loads */
     int X = normnode >= 0 ? c->g->nodes[normnode].inputs[0] : x;
     int NW = normnode >= 0 ? c->g->nodes[normnode].inputs[1] : -1;
     int nw32 = NW >= 0 && cu_vt(c, NW)->dtype == KILN_F32;
     ck k;
-    ck_begin(c, &k, ni, GV_BLOCK);
+    ck_begin(c, &k, ni, GV_T);
+    /* occupancy is what keeps loads in flight: at most 40 registers */
+    k.min_blocks = GV_MIN_BLOCKS;
     const char *xp = ck_ptr(&k, X), *np = NW >= 0 ? ck_ptr(&k, NW) : NULL;
     ck_line(&k, "const int K = %lld; const i64 M = %s;", (long long)K, ck_d(&k, M));
-    ck_line(&k, "const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;");
+    ck_line(&k, "const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;");
     const char *wct = quant ? "u8" : cu_ctype(wdt);
     int64_t rowb = (int64_t)kiln_dtype_storage(wdt, K);
     int64_t R = 0;
@@ -122,19 +123,18 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
         R += s[i].n;
     if (dual)
         R = s[0].n;
-    /* each warp: GV_RPW weight rows (dual: the gate and up rows of one output) */
-    ck_line(&k, "const %s *wp[%d]; int ok[%d], rowid[%d];", wct, GV_RPW, GV_RPW, GV_RPW);
+    /* each block: GV_RPB weight rows (dual: the gate and up rows of one output) */
+    ck_line(&k, "const %s *wp[%d]; int ok[%d], rowid[%d];", wct, GV_RPB, GV_RPB, GV_RPB);
     if (dual) {
-        ck_line(&k, "{ const int row = blockIdx.x * %d + warp; const int v = row < %lld; const i64 r = v ? row : 0;", GV_WARPS, (long long)R);
+        ck_line(&k, "{ const int row = blockIdx.x; const int v = row < %lld; const i64 r = v ? row : 0;", (long long)R);
         ck_line(&k, "  wp[0] = (const %s *)((const u8 *)%s + (r + %lldLL) * %lldLL); wp[1] = (const %s *)((const u8 *)%s + (r + %lldLL) * %lldLL);",
                 wct, ck_ptr(&k, s[0].w), (long long)s[0].wrow0, (long long)rowb, wct, ck_ptr(&k, s[1].w), (long long)s[1].wrow0,
                 (long long)rowb);
         ck_line(&k, "  ok[0] = ok[1] = v; rowid[0] = rowid[1] = row; }");
     } else {
         ck_line(&k, "#pragma unroll");
-        ck_line(&k, "for (int rr = 0; rr < %d; rr++) {", GV_RPW);
-        ck_line(&k, "  const int row = (blockIdx.x * %d + warp) * %d + rr; ok[rr] = row < %lld; rowid[rr] = row;", GV_WARPS,
-                GV_RPW, (long long)R);
+        ck_line(&k, "for (int rr = 0; rr < %d; rr++) {", GV_RPB);
+        ck_line(&k, "  const int row = blockIdx.x * %d + rr; ok[rr] = row < %lld; rowid[rr] = row;", GV_RPB, (long long)R);
         ck_line(&k, "  const int r = ok[rr] ? row : 0;");
         int64_t off = 0;
         for (int i = 0; i < nseg; i++) {
@@ -144,21 +144,19 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
         }
         ck_line(&k, "}");
     }
-    /* the weights do not depend on earlier kernels: start pulling this
-     * warp's rows into L2 before waiting for the previous kernel */
-    ck_line(&k, "#pragma unroll");
-    ck_line(&k, "for (int rr = 0; rr < %d; rr++) if (ok[rr]) for (int o = lane * 128; o < %lld; o += 32 * 128) kprefetch_l2((const u8 *)wp[rr] + o);",
-            GV_RPW, (long long)rowb);
+    /* with programmatic dependent launch the next kernel's blocks are
+     * released at once, the row addresses computed before waiting (an L2
+     * prefetch of the rows here, tried in run 4, cost 10% of decode speed) */
     ck_line(&k, "kgdc_wait();");
     k.own_wait = 1;
-    ck_line(&k, "float acc[%d][%d], ss[%d];", GV_RPW, CU_GEMV_MAX_M, CU_GEMV_MAX_M);
+    ck_line(&k, "float acc[%d][%d], ss[%d];", GV_RPB, CU_GEMV_MAX_M, CU_GEMV_MAX_M);
     ck_line(&k, "#pragma unroll");
     ck_line(&k, "for (int m = 0; m < %d; m++) { ss[m] = 0.f; _Pragma(\"unroll\") for (int rr = 0; rr < %d; rr++) acc[rr][m] = 0.f; }",
-            CU_GEMV_MAX_M, GV_RPW);
+            CU_GEMV_MAX_M, GV_RPB);
     /* x element (m, kk) times the norm weight, adding x^2 to ss[m] */
     const char *nwv = np ? ck_load_as(&k, NW, "kk", "float") : NULL;
     if (quant) {
-        ck_line(&k, "for (int gq = lane; gq < K / 32; gq += 32) {");
+        ck_line(&k, "for (int gq = tid; gq < K / 32; gq += %d) {", GV_T);
         ck_line(&k, "  float xv[%d][32];", CU_GEMV_MAX_M);
         ck_line(&k, "  #pragma unroll");
         ck_line(&k, "  for (int m = 0; m < %d; m++) if (m < M) {", CU_GEMV_MAX_M);
@@ -167,7 +165,7 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
                 np ? ck_s(&k, " ss[m] += v * v; xv[m][j] = v * %s;", nwv) : " xv[m][j] = v;");
         ck_line(&k, "  }");
         ck_line(&k, "  #pragma unroll");
-        ck_line(&k, "  for (int rr = 0; rr < %d; rr++) {", GV_RPW);
+        ck_line(&k, "  for (int rr = 0; rr < %d; rr++) {", GV_RPB);
         ck_line(&k, "    float y[32]; kg_%s((const u8 *)wp[rr], gq, y);", qname(wdt));
         ck_line(&k, "    #pragma unroll");
         ck_line(&k, "    for (int m = 0; m < %d; m++) if (m < M) {", CU_GEMV_MAX_M);
@@ -179,74 +177,57 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
         ck_line(&k, "  }");
         ck_line(&k, "}");
     } else if (vec) {
-        /* batches of U 16-byte loads per row and lane, all issued before
-         * any is used: a warp keeps GV_RPW x U x 512 bytes in flight, which
-         * is what hides the memory latency when the matrix has few rows
-         * (one wave of warps, each touching its rows once) */
-        int64_t nch = K / per, U = (nch + 31) / 32;
-        if (U > GV_UNROLL)
-            U = GV_UNROLL;
-        int guard = nch % (32 * U) != 0;
-        /* x (and the norm weight) for the chunk go through shared memory:
-         * the block loads them with one round of coalesced loads while its
-         * weight loads are in flight. Read from global memory per use, each
-         * warp would wait for x U times per chunk, a full L2 round trip each
-         * when the block is alone on its SM (matrices with few rows). */
-        int64_t chf = 32 * U * per; /* K elements per chunk */
-        ck_line(&k, "const int NCH = %lld, CHF = %lld;", (long long)nch, (long long)chf);
-        ck_line(&k, "__shared__ __align__(16) float xs[%d][%lld];", CU_GEMV_MAX_M, (long long)chf);
-        if (np)
-            ck_line(&k, "__shared__ __align__(16) float nsm[%lld];", (long long)chf);
+        /* batches of J 16-byte loads per row and thread, all issued before
+         * any is used; many small blocks (GV_RPB rows each) rather than one
+         * wave of long-lived warps, so blocks drift apart and the memory
+         * system always has loads queued (bench/gemv_lab.cu measured this
+         * structure at 2.6-3.0 TB/s on the 1B shapes, one wave of 2-row
+         * warps at 1.4-2.8) */
+        int64_t nch = K / per, J = (nch + GV_T - 1) / GV_T;
+        if (J > GV_J)
+            J = GV_J;
+        int guard = nch % (GV_T * J) != 0;
+        ck_line(&k, "const int NCH = %lld;", (long long)nch);
         ck_line(&k, "#pragma unroll 1");
-        ck_line(&k, "for (int c0 = 0; c0 < NCH; c0 += %lld) {", (long long)(32 * U));
-        ck_line(&k, "  uint4 wb[%d][%lld];", GV_RPW, (long long)U);
+        ck_line(&k, "for (int c0 = 0; c0 < NCH; c0 += %lld) {", (long long)(GV_T * J));
+        ck_line(&k, "  uint4 wb[%d][%lld];", GV_RPB, (long long)J);
         ck_line(&k, "  #pragma unroll");
-        ck_line(&k, "  for (int u = 0; u < %lld; u++) { const int cc = c0 + u * 32 + lane;", (long long)U);
+        ck_line(&k, "  for (int u = 0; u < %lld; u++) { const int cc = c0 + u * %d + tid;", (long long)J, GV_T);
         ck_line(&k, "    #pragma unroll");
-        ck_line(&k, "    for (int rr = 0; rr < %d; rr++) wb[rr][u] = %s; }", GV_RPW,
+        ck_line(&k, "    for (int rr = 0; rr < %d; rr++) wb[rr][u] = %s; }", GV_RPB,
                 ck_s(&k, guard ? "cc < NCH ? kldg4(wp[rr] + cc * %d) : make_uint4(0u, 0u, 0u, 0u)" : "kldg4(wp[rr] + cc * %d)", per));
-        ck_line(&k, "  const int k0 = c0 * %d;", per);
-        ck_line(&k, "  if (c0 > 0) __syncthreads();");
-        ck_line(&k, "  for (int e = threadIdx.x; e < (int)M * (CHF / 4); e += blockDim.x) {");
-        ck_line(&k, "    const int m = e / (CHF / 4), q = e %% (CHF / 4);");
-        ck_line(&k, "    if (k0 + q * 4 < K) ((float4 *)xs[m])[q] = *(const float4 *)(%s + (i64)m * K + k0 + q * 4);", xp);
-        ck_line(&k, "  }");
-        if (np && nw32) {
-            ck_line(&k, "  for (int q = threadIdx.x; q < CHF / 4; q += blockDim.x)");
-            ck_line(&k, "    if (k0 + q * 4 < K) ((float4 *)nsm)[q] = *(const float4 *)(%s + k0 + q * 4);", np);
-        } else if (np) {
-            ck_line(&k, "  for (int q = threadIdx.x; q < CHF; q += blockDim.x) { const int kk = k0 + q; if (kk < K) nsm[q] = %s; }", nwv);
-        }
-        ck_line(&k, "  __syncthreads();");
         ck_line(&k, "  #pragma unroll");
-        ck_line(&k, "  for (int u = 0; u < %lld; u++) { const int cc = c0 + u * 32 + lane, lo = (u * 32 + lane) * %d;%s", (long long)U,
-                per, guard ? " if (cc >= NCH) break;" : "");
-        ck_line(&k, "  uint4 wv[%d];", GV_RPW);
-        ck_line(&k, "  #pragma unroll");
-        ck_line(&k, "  for (int rr = 0; rr < %d; rr++) wv[rr] = wb[rr][u];", GV_RPW);
+        ck_line(&k, "  for (int u = 0; u < %lld; u++) { const int cc = c0 + u * %d + tid, k0 = cc * %d;%s", (long long)J, GV_T, per,
+                guard ? " if (cc >= NCH) break;" : "");
         ck_line(&k, "  #pragma unroll");
         ck_line(&k, "  for (int m = 0; m < %d; m++) if (m < M) {", CU_GEMV_MAX_M);
         ck_line(&k, "    float xf[%d];", per);
-        ck_line(&k, "    { const float4 *x4 = (const float4 *)(xs[m] + lo);");
+        ck_line(&k, "    { const float4 *x4 = (const float4 *)(%s + (i64)m * K + k0);", xp);
         ck_line(&k, "      const float4 xa = x4[0]; xf[0] = xa.x; xf[1] = xa.y; xf[2] = xa.z; xf[3] = xa.w;%s }",
                 per == 8 ? " const float4 xb = x4[1]; xf[4] = xb.x; xf[5] = xb.y; xf[6] = xb.z; xf[7] = xb.w;" : "");
         if (np) {
             ck_line(&k, "    #pragma unroll");
             ck_line(&k, "    for (int j = 0; j < %d; j++) ss[m] += xf[j] * xf[j];", per);
-            ck_line(&k, "    { const float4 *n4 = (const float4 *)(nsm + lo);");
-            ck_line(&k, "      const float4 na = n4[0]; xf[0] *= na.x; xf[1] *= na.y; xf[2] *= na.z; xf[3] *= na.w;%s }",
-                    per == 8 ? " const float4 nb = n4[1]; xf[4] *= nb.x; xf[5] *= nb.y; xf[6] *= nb.z; xf[7] *= nb.w;" : "");
+            if (nw32) {
+                ck_line(&k, "    { const float4 *n4 = (const float4 *)(%s + k0);", np);
+                ck_line(&k, "      const float4 na = n4[0]; xf[0] *= na.x; xf[1] *= na.y; xf[2] *= na.z; xf[3] *= na.w;%s }",
+                        per == 8 ? " const float4 nb = n4[1]; xf[4] *= nb.x; xf[5] *= nb.y; xf[6] *= nb.z; xf[7] *= nb.w;" : "");
+            } else {
+                ck_line(&k, "    #pragma unroll");
+                ck_line(&k, "    for (int j = 0; j < %d; j++) { const int kk = k0 + j; xf[j] *= %s; }", per, nwv);
+            }
         }
         ck_line(&k, "    #pragma unroll");
-        ck_line(&k, "    for (int rr = 0; rr < %d; rr++) {", GV_RPW);
+        ck_line(&k, "    for (int rr = 0; rr < %d; rr++) {", GV_RPB);
+        ck_line(&k, "      const uint4 w = wb[rr][u];");
         if (wdt == KILN_F32)
-            ck_line(&k, "      acc[rr][m] += __uint_as_float(wv[rr].x) * xf[0] + __uint_as_float(wv[rr].y) * xf[1] + "
-                        "__uint_as_float(wv[rr].z) * xf[2] + __uint_as_float(wv[rr].w) * xf[3];");
+            ck_line(&k, "      acc[rr][m] += __uint_as_float(w.x) * xf[0] + __uint_as_float(w.y) * xf[1] + "
+                        "__uint_as_float(w.z) * xf[2] + __uint_as_float(w.w) * xf[3];");
         else {
             const char *sf = wdt == KILN_BF16 ? "b" : "h";
-            ck_line(&k, "      acc[rr][m] += klo_%s(wv[rr].x) * xf[0] + khi_%s(wv[rr].x) * xf[1] + klo_%s(wv[rr].y) * xf[2] + "
-                        "khi_%s(wv[rr].y) * xf[3] + klo_%s(wv[rr].z) * xf[4] + khi_%s(wv[rr].z) * xf[5] + klo_%s(wv[rr].w) * xf[6] + "
-                        "khi_%s(wv[rr].w) * xf[7];", sf, sf, sf, sf, sf, sf, sf, sf);
+            ck_line(&k, "      acc[rr][m] += klo_%s(w.x) * xf[0] + khi_%s(w.x) * xf[1] + klo_%s(w.y) * xf[2] + "
+                        "khi_%s(w.y) * xf[3] + klo_%s(w.z) * xf[4] + khi_%s(w.z) * xf[5] + klo_%s(w.w) * xf[6] + "
+                        "khi_%s(w.w) * xf[7];", sf, sf, sf, sf, sf, sf, sf, sf);
         }
         ck_line(&k, "    }");
         ck_line(&k, "  }");
@@ -254,31 +235,45 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
         ck_line(&k, "}");
     } else {
         const char *ld = wdt == KILN_F32 ? "%s[kk]" : wdt == KILN_BF16 ? "kb2f(%s[kk])" : "kh2f(%s[kk])";
-        ck_line(&k, "for (int kk = lane; kk < K; kk += 32) {");
+        ck_line(&k, "for (int kk = tid; kk < K; kk += %d) {", GV_T);
         ck_line(&k, "  float xf[%d];", CU_GEMV_MAX_M);
         ck_line(&k, "  #pragma unroll");
         ck_line(&k, "  for (int m = 0; m < %d; m++) if (m < M) { const float v = %s[(i64)m * K + kk];%s }", CU_GEMV_MAX_M, xp,
                 np ? ck_s(&k, " ss[m] += v * v; xf[m] = v * %s;", nwv) : " xf[m] = v;");
         ck_line(&k, "  #pragma unroll");
-        ck_line(&k, "  for (int rr = 0; rr < %d; rr++) {", GV_RPW);
+        ck_line(&k, "  for (int rr = 0; rr < %d; rr++) {", GV_RPB);
         ck_line(&k, "    const float w = %s;", ck_s(&k, ld, "wp[rr]"));
         ck_line(&k, "    #pragma unroll");
         ck_line(&k, "    for (int m = 0; m < %d; m++) if (m < M) acc[rr][m] += w * xf[m];", CU_GEMV_MAX_M);
         ck_line(&k, "  }");
         ck_line(&k, "}");
     }
+    /* block sum: warp shuffles, then thread 0 adds the warps' partials and
+     * runs the epilogue (at most GV_RPB x CU_GEMV_MAX_M outputs) */
+    ck_line(&k, "__shared__ float red[%d][%d];", GV_T / 32, (GV_RPB + 1) * CU_GEMV_MAX_M);
     ck_line(&k, "#pragma unroll");
     ck_line(&k, "for (int m = 0; m < %d; m++) {", CU_GEMV_MAX_M);
     ck_line(&k, "  #pragma unroll");
-    ck_line(&k, "  for (int rr = 0; rr < %d; rr++) acc[rr][m] = kwsum(acc[rr][m]);", GV_RPW);
+    ck_line(&k, "  for (int rr = 0; rr < %d; rr++) { const float v = kwsum(acc[rr][m]); if (lane == 0) red[warp][rr * %d + m] = v; }",
+            GV_RPB, CU_GEMV_MAX_M);
+    if (np)
+        ck_line(&k, "  { const float v = kwsum(ss[m]); if (lane == 0) red[warp][%d + m] = v; }", GV_RPB * CU_GEMV_MAX_M);
+    ck_line(&k, "}");
+    ck_line(&k, "__syncthreads();");
+    ck_line(&k, "if (tid != 0) return;");
+    ck_line(&k, "#pragma unroll");
+    ck_line(&k, "for (int m = 0; m < %d; m++) {", CU_GEMV_MAX_M);
+    ck_line(&k, "  #pragma unroll");
+    ck_line(&k, "  for (int rr = 0; rr < %d; rr++) { float v = 0.f; for (int w = 0; w < %d; w++) v += red[w][rr * %d + m]; acc[rr][m] = v; }",
+            GV_RPB, GV_T / 32, CU_GEMV_MAX_M);
     if (np) {
         const kiln_node *Rn = &c->g->nodes[normnode];
-        ck_line(&k, "  const float r = (float)(1.0 / sqrt((double)kwsum(ss[m]) / (double)K + %.17g));", kiln_node_float(Rn, "epsilon"));
+        ck_line(&k, "  float sq = 0.f; for (int w = 0; w < %d; w++) sq += red[w][%d + m];", GV_T / 32, GV_RPB * CU_GEMV_MAX_M);
+        ck_line(&k, "  const float r = (float)(1.0 / sqrt((double)sq / (double)K + %.17g));", kiln_node_float(Rn, "epsilon"));
         ck_line(&k, "  #pragma unroll");
-        ck_line(&k, "  for (int rr = 0; rr < %d; rr++) acc[rr][m] *= r;", GV_RPW);
+        ck_line(&k, "  for (int rr = 0; rr < %d; rr++) acc[rr][m] *= r;", GV_RPB);
     }
     ck_line(&k, "}");
-    ck_line(&k, "if (lane != 0) return;");
     if (dual) {
         ck_line(&k, "if (!ok[0]) return;");
         ck_line(&k, "for (int m = 0; m < (int)M; m++) {");
@@ -287,7 +282,7 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
         ck_line(&k, "}");
     } else {
         ck_line(&k, "#pragma unroll");
-        ck_line(&k, "for (int rr = 0; rr < %d; rr++) {", GV_RPW);
+        ck_line(&k, "for (int rr = 0; rr < %d; rr++) {", GV_RPB);
         ck_line(&k, "  if (!ok[rr]) continue;");
         ck_line(&k, "  const int row = rowid[rr];");
         ck_line(&k, "  for (int m = 0; m < (int)M; m++) {");
@@ -311,7 +306,7 @@ static int emit_gemv(cu *c, int ni, int x, const gseg *s, int nseg, int dual, in
     int kern = ck_end(&k);
     if (kern < 0)
         return -1;
-    cu_launch *L = cu_launch_k(c, &k, kern, R, dual ? GV_WARPS : GV_WARPS * GV_RPW, 1, 1);
+    cu_launch *L = cu_launch_k(c, &k, kern, R, dual ? 1 : GV_RPB, 1, 1);
     set_m_cond(L, M, 1);
     return 0;
 }

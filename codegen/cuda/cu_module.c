@@ -311,7 +311,11 @@ int ck_end(ck *k)
     int idx = -1;
     if (!c->failed) {
         kiln_sb t = {0};
-        kiln_sb_printf(&t, "extern \"C\" __global__ void __launch_bounds__(%d) @NAME@(const i64 *__restrict__ KS", k->block);
+        if (k->min_blocks > 0)
+            kiln_sb_printf(&t, "extern \"C\" __global__ void __launch_bounds__(%d, %d) @NAME@(const i64 *__restrict__ KS", k->block,
+                           k->min_blocks);
+        else
+            kiln_sb_printf(&t, "extern \"C\" __global__ void __launch_bounds__(%d) @NAME@(const i64 *__restrict__ KS", k->block);
         for (int i = 0; i < k->nargs; i++)
             kiln_sb_printf(&t, ", %sa%d", k->ptype[i], i);
         /* every kernel waits for its predecessor's results before touching
@@ -607,48 +611,6 @@ static int write_prog(cu *c, const cu_image *img, int nimg, int argmax, uint8_t 
 
 /* ---- object emission ---- */
 
-static int run_cc(char *const argv[], int verbose, kiln_err *err)
-{
-    if (verbose) {
-        fprintf(stderr, "kiln:");
-        for (int i = 0; argv[i]; i++)
-            fprintf(stderr, " %s", argv[i]);
-        fprintf(stderr, "\n");
-    }
-    int pfd[2];
-    if (pipe(pfd) != 0)
-        return kiln_errf(err, "pipe: %s", strerror(errno));
-    pid_t pid = fork();
-    if (pid < 0)
-        return kiln_errf(err, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        dup2(pfd[1], 1);
-        dup2(pfd[1], 2);
-        close(pfd[0]);
-        execvp(argv[0], argv);
-        fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    close(pfd[1]);
-    char out[1024];
-    size_t n = 0;
-    ssize_t r;
-    while ((r = read(pfd[0], out + n, sizeof out - 1 - n)) > 0)
-        if ((n += (size_t)r) >= sizeof out - 1)
-            n = sizeof out - 1;
-    out[n] = 0;
-    close(pfd[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        for (char *q = out; *q; q++)
-            if (*q == '\n')
-                *q = ' ';
-        return kiln_errf(err, "%s failed: %.800s", argv[0], out);
-    }
-    return 0;
-}
-
 static int write_file(const char *path, const void *data, size_t n, kiln_err *err)
 {
     FILE *f = fopen(path, "wb");
@@ -693,7 +655,7 @@ static int emit_object(const kiln_build_opts *o, const char *obj, const uint8_t 
     }
     const char *cc = o && o->cc ? o->cc : getenv("CC") ? getenv("CC") : "cc";
     char *argv[] = {(char *)cc, "-c", "-o", (char *)obj, spath, NULL};
-    rc = run_cc(argv, o && o->verbose, err);
+    rc = kiln_run_cmd(argv, o && o->verbose, err);
 out:
     unlink(dpath);
     unlink(ppath);

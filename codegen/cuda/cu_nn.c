@@ -10,10 +10,10 @@
 
 #define IS(s) (strcmp(op, s) == 0)
 #define ROW_BLOCK 256
-#define ATT_BLOCK 128
+#define ATT_BLOCK 256
 #define ATT_WARPS (ATT_BLOCK / 32)
 #define ATT_UNROLL 4 /* keys per warp per round */
-#define ATT_SPLIT_KEYS 16 /* keys per split of a decode step */
+#define ATT_SPLIT_KEYS 32 /* keys per split of a decode step (one round of the block) */
 #define ATT_MAX_SPLITS 64
 
 int cu_is_nn(const char *op)
@@ -311,7 +311,26 @@ typedef struct attn {
  * the in-place cache [B, Hkv, kv_ctx, D]. Grid: x = token, y = chunks of
  * ATT_BLOCK elements of its Hkv x max(D, Dv) rows, one element of k and of
  * v per thread (a decode step is one short kernel, not a serial walk). */
-static int lower_kv_append(cu *c, int ni, const attn *a)
+static void set_bq_cond(cu_launch *L, const attn *a, cu *c, int cond)
+{
+    if (!cond)
+        return;
+    L->cond = cond;
+    L->cond_d = kiln_dim_mul(&c->g->syms, a->B, a->Sq);
+    L->cond_c = 1;
+}
+
+/* The new K/V value as the cache stores it: what a later step reads back. */
+static const char *kv_rounded(ck *k, kiln_dtype dt, const char *v)
+{
+    if (dt == KILN_F16)
+        return ck_s(k, "kh2f(kf2h(%s))", v);
+    if (dt == KILN_BF16)
+        return ck_s(k, "kb2f(kf2b(%s))", v);
+    return v;
+}
+
+static int lower_kv_append(cu *c, int ni, const attn *a, int cond)
 {
     int64_t wide = a->Hkv * (a->D > a->Dv ? a->D : a->Dv);
     ck k;
@@ -339,7 +358,8 @@ static int lower_kv_append(cu *c, int ni, const attn *a)
     int kern = ck_end(&k);
     if (kern < 0)
         return -1;
-    cu_launch_k(c, &k, kern, kiln_dim_mul(&c->g->syms, a->B, a->Skv), 1, (wide + ATT_BLOCK - 1) / ATT_BLOCK, 1);
+    cu_launch *L = cu_launch_k(c, &k, kern, kiln_dim_mul(&c->g->syms, a->B, a->Skv), 1, (wide + ATT_BLOCK - 1) / ATT_BLOCK, 1);
+    set_bq_cond(L, a, c, cond);
     return 0;
 }
 
@@ -373,8 +393,13 @@ static int lower_present(cu *c, int ni, const attn *a, int past, int cur, int ou
 /* Attention core. Grid: x = splits of the key range, y = KV head, z =
  * (batch, query). Each block loads the query rows of its GQA group once,
  * then its four warps walk the keys with an online softmax; partials of the
- * splits are combined by the last block to finish (a counter in scratch). */
-static int lower_attn_core(cu *c, int ni, const attn *a)
+ * splits are combined by the last block to finish (a counter in scratch).
+ * `decode`: launched for one query per batch row (cond: when that is not
+ * static), with the key range split; else one block per query.
+ * `fold` (in-place cache, decode): the KV append happens here, not in a
+ * kernel of its own: keys at P.. are read from k/v (roped, rounded to the
+ * cache's type) and block (split 0, query 0) of each head writes them. */
+static int lower_attn_core(cu *c, int ni, const attn *a, int decode, int fold, int cond)
 {
     const kiln_node *n = &c->g->nodes[ni];
     int64_t grp = a->Hq / a->Hkv, E = (a->Dv + 31) / 32, ED = (a->D + 31) / 32;
@@ -391,7 +416,7 @@ static int lower_attn_core(cu *c, int ni, const attn *a)
     int64_t ns = (Tmax + ATT_SPLIT_KEYS - 1) / ATT_SPLIT_KEYS;
     if (ns > ATT_MAX_SPLITS)
         ns = ATT_MAX_SPLITS;
-    if (ns < 1)
+    if (ns < 1 || !decode)
         ns = 1;
     /* scratch: partials [Hq][ns][Dv + 2] for one query, then one counter per KV head */
     int64_t part_bytes = a->Hq * ns * (a->Dv + 2) * 4, cnt_bytes = a->Hkv * 4;
@@ -423,6 +448,26 @@ static int lower_attn_core(cu *c, int ni, const attn *a)
         ck_line(&k, "  qs[e] = %s;", ck_load_as(&k, a->q, "qb + d", "float"));
     }
     ck_line(&k, "}");
+    if (fold) {
+        ck_line(&k, "if (split == 0 && i == 0) {");
+        ck_line(&k, "  for (int e = threadIdx.x; e < Skv * D; e += blockDim.x) {");
+        ck_line(&k, "    const i64 ss = e / D, d = e %% D, src = ((bb * Skv + ss) * Hk + g) * D;");
+        if (a->rk.x >= 0) {
+            ck_line(&k, "    const i64 row = %s;", rope_row(&k, &a->rk, "bb", "ss", "Skv"));
+            rope_elem(&k, &a->rk, "src", "d", "row", "kv");
+        } else {
+            ck_line(&k, "    const float kv = %s;", ck_load_as(&k, a->k, "src + d", "float"));
+        }
+        ck_store_dt(&k, a->present_k, a->kv_dtype, ck_s(&k, "((bb * Hk + g) * %lldLL + P + ss) * D + d", (long long)a->kv_ctx), "kv",
+                    "float");
+        ck_line(&k, "  }");
+        ck_line(&k, "  for (int e = threadIdx.x; e < Skv * Dv; e += blockDim.x) {");
+        ck_line(&k, "    const i64 ss = e / Dv, d = e %% Dv;");
+        ck_store_dt(&k, a->present_v, a->kv_dtype, ck_s(&k, "((bb * Hk + g) * %lldLL + P + ss) * Dv + d", (long long)a->kv_ctx),
+                    ck_load_as(&k, a->v, "((bb * Skv + ss) * Hk + g) * Dv + d", "float"), "float");
+        ck_line(&k, "  }");
+        ck_line(&k, "}");
+    }
     ck_line(&k, "__syncthreads();");
     /* key range */
     ck_line(&k, "i64 lo = 0, hi = T;");
@@ -462,7 +507,19 @@ static int lower_attn_core(cu *c, int ni, const attn *a)
     }
     ck_line(&k, "    #pragma unroll");
     ck_line(&k, "    for (int e = 0; e < %lld; e++) { const int d = lane + 32 * e; kr[u][e] = 0.f; if (jok && d < D) {", (long long)ED);
-    if (a->inplace) {
+    if (fold) {
+        ck_line(&k, "      if (j < P) kr[u][e] = %s;", ck_load_dt(&k, a->present_k, a->kv_dtype, "ko + d", "float"));
+        ck_line(&k, "      else {");
+        ck_line(&k, "        const i64 ss = j - P, src = ((bb * Skv + ss) * Hk + g) * D;");
+        if (a->rk.x >= 0) {
+            ck_line(&k, "        const i64 row = %s;", rope_row(&k, &a->rk, "bb", "ss", "Skv"));
+            rope_elem(&k, &a->rk, "src", "d", "row", "kn");
+        } else {
+            ck_line(&k, "        const float kn = %s;", ck_load_as(&k, a->k, "src + d", "float"));
+        }
+        ck_line(&k, "        kr[u][e] = %s;", kv_rounded(&k, a->kv_dtype, "kn"));
+        ck_line(&k, "      }");
+    } else if (a->inplace) {
         ck_line(&k, "      kr[u][e] = %s;", ck_load_dt(&k, a->present_k, a->kv_dtype, "ko + d", "float"));
     } else {
         const char *cidx = a->three ? "((bb * Skv + (j - P)) * Hk + g) * D + d" : "((bb * Hk + g) * Skv + (j - P)) * D + d";
@@ -475,7 +532,10 @@ static int lower_attn_core(cu *c, int ni, const attn *a)
     ck_line(&k, "    } }");
     ck_line(&k, "    #pragma unroll");
     ck_line(&k, "    for (int e = 0; e < %lld; e++) { const int d = lane + 32 * e; vr[u][e] = 0.f; if (jok && d < Dv) {", (long long)E);
-    if (a->inplace) {
+    if (fold) {
+        ck_line(&k, "      vr[u][e] = j < P ? %s : %s;", ck_load_dt(&k, a->present_v, a->kv_dtype, "vo + d", "float"),
+                kv_rounded(&k, a->kv_dtype, ck_load_as(&k, a->v, "((bb * Skv + (j - P)) * Hk + g) * Dv + d", "float")));
+    } else if (a->inplace) {
         ck_line(&k, "      vr[u][e] = %s;", ck_load_dt(&k, a->present_v, a->kv_dtype, "vo + d", "float"));
     } else {
         const char *cidx = a->three ? "((bb * Skv + (j - P)) * Hk + g) * Dv + d" : "((bb * Hk + g) * Skv + (j - P)) * Dv + d";
@@ -561,21 +621,26 @@ static int lower_attn_core(cu *c, int ni, const attn *a)
     if (kern < 0)
         return -1;
     kiln_dim bq = kiln_dim_mul(&c->g->syms, a->B, a->Sq);
-    /* one query (decode): split the keys; more queries: one block each */
-    if (ns > 1) {
-        cu_launch *L = cu_launch_k(c, &k, kern, ns, 1, a->Hkv, bq);
-        if (!(KILN_DIM_IS_STATIC(bq) && bq == 1)) {
-            L->cond = KILN_CU_COND_LE;
-            L->cond_d = bq;
-            L->cond_c = 1;
-            L = cu_launch_k(c, &k, kern, 1, 1, a->Hkv, bq);
-            L->cond = KILN_CU_COND_GT;
-            L->cond_d = bq;
-            L->cond_c = 1;
-        }
-    } else {
-        cu_launch_k(c, &k, kern, 1, 1, a->Hkv, bq);
+    set_bq_cond(cu_launch_k(c, &k, kern, ns, 1, a->Hkv, bq), a, c, cond);
+    return 0;
+}
+
+/* One query per batch row (decode): split the keys, fold the KV append;
+ * more queries: one block each, after an append kernel. Both sets of
+ * launches are emitted when the query count is only known at run time. */
+static int lower_attn_launches(cu *c, int ni, const attn *a)
+{
+    kiln_dim bq = kiln_dim_mul(&c->g->syms, a->B, a->Sq);
+    int st = KILN_DIM_IS_STATIC(bq), dec = !(st && bq > 1), pre = !(st && bq <= 1);
+    if (pre) {
+        int cond = dec ? KILN_CU_COND_GT : KILN_CU_COND_ALWAYS;
+        if (a->inplace && lower_kv_append(c, ni, a, cond))
+            return -1;
+        if (lower_attn_core(c, ni, a, 0, 0, cond))
+            return -1;
     }
+    if (dec && lower_attn_core(c, ni, a, 1, a->inplace, pre ? KILN_CU_COND_LE : KILN_CU_COND_ALWAYS))
+        return -1;
     return 0;
 }
 
@@ -676,15 +741,13 @@ static int lower_attention(cu *c, int ni)
             a.q = a.rq.x;
             a.k = a.rk.x;
         }
-        if (lower_kv_append(c, ni, &a))
-            return -1;
-        return lower_attn_core(c, ni, &a);
+        return lower_attn_launches(c, ni, &a);
     }
     if (a.present_k >= 0 && lower_present(c, ni, &a, a.pk, a.k, a.present_k, a.D))
         return -1;
     if (a.present_v >= 0 && lower_present(c, ni, &a, a.pv, a.v, a.present_v, a.Dv))
         return -1;
-    return lower_attn_core(c, ni, &a);
+    return lower_attn_launches(c, ni, &a);
 }
 
 int cu_lower_nn(cu *c, int ni)

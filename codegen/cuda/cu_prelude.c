@@ -60,7 +60,6 @@ const char cu_prelude[] =
     "  asm volatile(\"griddepcontrol.launch_dependents;\");\n"
     "#endif\n"
     "}\n"
-    "KD void kprefetch_l2(const void *p) { asm volatile(\"prefetch.global.L2 [%0];\" :: \"l\"(p)); }\n"
     "KD float ksigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }\n"
     "KD double ksigmoidd(double x) { return 1.0 / (1.0 + exp(-x)); }\n"
     "KD float kfmax(float a, float b) { return (a != a || b != b) ? a + b : (a > b ? a : b); }\n"

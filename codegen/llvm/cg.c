@@ -438,9 +438,11 @@ LLVMValueRef kc_phi(kc *k, kc_loop *l, LLVMValueRef init)
     LLVMValueRef phi = LLVMBuildPhi(c->b, LLVMTypeOf(init), "acc");
     LLVMAddIncoming(phi, &init, &l->pre, 1);
     LLVMPositionBuilderAtEnd(c->b, cur);
-    if (l->nphi < 24) {
+    if (l->nphi < KC_MAX_PHI) {
         l->phis[l->nphi] = phi;
         l->nexts[l->nphi++] = phi; /* unchanged unless kc_phi_next says otherwise */
+    } else {
+        cg_fail(c, k->node, "internal error: more than %d loop-carried values in one loop", KC_MAX_PHI);
     }
     return phi;
 }

@@ -105,11 +105,12 @@ LLVMValueRef kc_erf(kc *k, LLVMValueRef x, ctype ct);
 LLVMValueRef kc_tanh(kc *k, LLVMValueRef x, ctype ct);
 
 /* Counted loop: for (iv = lo; iv < hi; iv++). */
+#define KC_MAX_PHI 40 /* loop-carried values per loop (an 8 x 4 micro-tile needs 32) */
 typedef struct kc_loop {
     LLVMBasicBlockRef head, body, exit, pre;
     LLVMValueRef iv;
     int nphi;
-    LLVMValueRef phis[24], nexts[24]; /* loop-carried values, wired in kc_for_end */
+    LLVMValueRef phis[KC_MAX_PHI], nexts[KC_MAX_PHI]; /* loop-carried values, wired in kc_for_end */
 } kc_loop;
 LLVMValueRef kc_for(kc *k, kc_loop *l, LLVMValueRef lo, LLVMValueRef hi, const char *name);
 void kc_for_end(kc *k, kc_loop *l);
@@ -143,6 +144,21 @@ void kc_call_dequant(kc *k, kiln_dtype dt, LLVMValueRef src, LLVMValueRef dst, L
 LLVMValueRef kc_entry_alloca(kc *k, int64_t n);
 /* The same for n elements of type t (the entry block may still be empty). */
 LLVMValueRef kc_entry_alloca_t(kc *k, LLVMTypeRef t, int64_t n);
+
+/* if (cond) { then } [else { other }]: kc_if_begin, [kc_if_else,] kc_if_end. */
+typedef struct kc_if {
+    LLVMBasicBlockRef then_bb, else_bb, merge;
+} kc_if;
+void kc_if_begin(kc *k, kc_if *f, LLVMValueRef cond);
+void kc_if_else(kc *k, kc_if *f);
+void kc_if_end(kc *k, kc_if *f);
+
+/* Register-blocked f32 micro-kernel (cpu_matmul.c): O[ooff + r*ldo + n0 ..
+ * + NV*W) = sum over kk < K of A[aoff + r*lda + kk*a_k] * B[boff + kk*ldb +
+ * n0 ..] for rows r < MR; W is the vector width, NV <= 4, MR <= 8. */
+void kc_micro_tile(kc *k, int MR, int NV, int W, LLVMValueRef A, LLVMValueRef aoff, LLVMValueRef lda, LLVMValueRef a_k,
+                   LLVMValueRef B, LLVMValueRef boff, LLVMValueRef ldb, LLVMValueRef O, LLVMValueRef ooff, LLVMValueRef ldo,
+                   LLVMValueRef n0, LLVMValueRef K);
 
 /* ---- lowering entry points (one file per family) ---- */
 

@@ -138,12 +138,7 @@ static LLVMValueRef vsplat_w(kc *k, LLVMValueRef f, int w)
     return LLVMBuildShuffleVector(c->b, v, LLVMGetUndef(vtw(c, w)), LLVMConstNull(LLVMVectorType(c->t_i32, (unsigned)w)), "");
 }
 
-/* if (cond) { then } else { other }: returns the merge block via *merge. */
-typedef struct kc_if {
-    LLVMBasicBlockRef then_bb, else_bb, merge;
-} kc_if;
-
-static void if_begin(kc *k, kc_if *f, LLVMValueRef cond)
+void kc_if_begin(kc *k, kc_if *f, LLVMValueRef cond)
 {
     cg *c = k->c;
     f->then_bb = LLVMAppendBasicBlockInContext(c->ctx, k->fn, "then");
@@ -153,13 +148,13 @@ static void if_begin(kc *k, kc_if *f, LLVMValueRef cond)
     LLVMPositionBuilderAtEnd(c->b, f->then_bb);
 }
 
-static void if_else(kc *k, kc_if *f)
+void kc_if_else(kc *k, kc_if *f)
 {
     LLVMBuildBr(k->c->b, f->merge);
     LLVMPositionBuilderAtEnd(k->c->b, f->else_bb);
 }
 
-static void if_end(kc *k, kc_if *f)
+void kc_if_end(kc *k, kc_if *f)
 {
     LLVMBuildBr(k->c->b, f->merge);
     LLVMPositionBuilderAtEnd(k->c->b, f->merge);
@@ -167,7 +162,7 @@ static void if_end(kc *k, kc_if *f)
 
 /* C[m0..m0+MR, n0..n0+NR] = A[m0.., :] B[:, n0..] for one full tile.
  * a: A base + row m0 offset, lda = K stride of rows; b: B base + batch offset. */
-static void micro_tile(kc *k, int MR, int NV, int W, LLVMValueRef A, LLVMValueRef aoff, LLVMValueRef lda,
+void kc_micro_tile(kc *k, int MR, int NV, int W, LLVMValueRef A, LLVMValueRef aoff, LLVMValueRef lda,
                        LLVMValueRef a_k, LLVMValueRef B, LLVMValueRef boff, LLVMValueRef ldb, LLVMValueRef O, LLVMValueRef ooff,
                        LLVMValueRef ldo, LLVMValueRef n0, LLVMValueRef K)
 {
@@ -426,20 +421,31 @@ static int lower_mm(cg *c, int ni, const mm *p)
         /* full MR-row tiles: register-blocked micro-kernel over NR-wide column
          * panels, scalar dot products for the last columns; a partial row
          * tile (the last one) takes the row-by-row axpy path */
-        int W = c->vw ? c->vw : 8, MR = W == 16 ? 8 : 6, NV = 2, NR = NV * W;
+        /* AVX-512: 8 x 48 tiles (24 of the 32 vector registers hold C); a
+         * 16-column pass takes what is left of N before the scalar columns */
+        int W = c->vw ? c->vw : 8, MR = W == 16 ? 8 : 6, NV = W == 16 ? 3 : 2, NR = NV * W;
         LLVMValueRef m_in_tile = LLVMBuildSRem(bl, m, kc_i64(&k, MR), "");
         LLVMValueRef full = LLVMBuildAnd(bl, LLVMBuildICmp(bl, LLVMIntEQ, m_in_tile, kc_i64(&k, 0), ""),
                                          LLVMBuildICmp(bl, LLVMIntSLE, LLVMBuildAdd(bl, m, kc_i64(&k, MR), ""), Md, ""), "");
         LLVMValueRef tail_row = LLVMBuildICmp(bl, LLVMIntSGT, LLVMBuildMul(bl, LLVMBuildAdd(bl, LLVMBuildSDiv(bl, m, kc_i64(&k, MR), ""), kc_i64(&k, 1), ""), kc_i64(&k, MR), ""), Md, "");
         kc_if f1;
-        if_begin(&k, &f1, full);
+        kc_if_begin(&k, &f1, full);
         {
             LLVMValueRef nfull = LLVMBuildMul(bl, LLVMBuildSDiv(bl, Nd, kc_i64(&k, NR), ""), kc_i64(&k, NR), "");
             kc_loop lt;
             LLVMValueRef t = kc_for(&k, &lt, kc_i64(&k, 0), LLVMBuildSDiv(bl, nfull, kc_i64(&k, NR), ""), "ntile");
-            micro_tile(&k, MR, NV, W, A, aoff, a_m, a_k, B, boff, b_k, O, ooff, ost[orank - 1 - 1 + (p->a_vec ? 1 : 0)],
+            kc_micro_tile(&k, MR, NV, W, A, aoff, a_m, a_k, B, boff, b_k, O, ooff, ost[orank - 1 - 1 + (p->a_vec ? 1 : 0)],
                        LLVMBuildMul(bl, t, kc_i64(&k, NR), ""), Kd);
             kc_for_end(&k, &lt);
+            if (NV > 1) {
+                LLVMValueRef n1 = LLVMBuildMul(bl, LLVMBuildSDiv(bl, Nd, kc_i64(&k, W), ""), kc_i64(&k, W), "");
+                kc_loop lt1;
+                LLVMValueRef t1 = kc_for(&k, &lt1, LLVMBuildSDiv(bl, nfull, kc_i64(&k, W), ""), LLVMBuildSDiv(bl, n1, kc_i64(&k, W), ""), "ntile1");
+                kc_micro_tile(&k, MR, 1, W, A, aoff, a_m, a_k, B, boff, b_k, O, ooff, ost[orank - 1 - 1 + (p->a_vec ? 1 : 0)],
+                              LLVMBuildMul(bl, t1, kc_i64(&k, W), ""), Kd);
+                kc_for_end(&k, &lt1);
+                nfull = n1;
+            }
             /* remaining columns of the tile's rows */
             kc_loop lr2;
             LLVMValueRef rr = kc_for(&k, &lr2, kc_i64(&k, 0), kc_i64(&k, MR), "trow");
@@ -466,11 +472,11 @@ static int lower_mm(cg *c, int ni, const mm *p)
                 kc_for_end(&k, &le);
             }
         }
-        if_else(&k, &f1);
+        kc_if_else(&k, &f1);
         kc_if f2;
         /* rows of a tile are done by its first row; only the last partial
          * tile's rows compute themselves */
-        if_begin(&k, &f2, tail_row);
+        kc_if_begin(&k, &f2, tail_row);
         {
         /* out row = 0; for k: out row += A[m,k] * B[k, :] (B rows contiguous) */
         kc_loop lz;
@@ -503,9 +509,9 @@ static int lower_mm(cg *c, int ni, const mm *p)
             eidx[m_axis] = m;
         epi_row(&k, &ep, O, ooff, eidx, n_axis, kc_i64(&k, 0), Nd);
         }
-        if_else(&k, &f2);
-        if_end(&k, &f2);
-        if_end(&k, &f1);
+        kc_if_else(&k, &f2);
+        kc_if_end(&k, &f2);
+        kc_if_end(&k, &f1);
     } else {
         kc_loop ln;
         LLVMValueRef j = kc_for(&k, &ln, kc_i64(&k, 0), Nd, "n");

@@ -552,184 +552,464 @@ static LLVMValueRef kv_row(kc *k, const attn *a, int past, int cur, LLVMValueRef
     return LLVMBuildSelect(b, inp, poff, coff, "");
 }
 
-static int lower_attn_core(cg *c, int ni, const attn *a)
+/* What the row and tile paths of one attention kernel share. */
+typedef struct actx {
+    const attn *a;
+    const kiln_type *qt, *yt;
+    kiln_dtype kdt, vdt;
+    int f32kv;
+    LLVMValueRef Hq, Hk, Sq, Skv, P, T, D, Dv, grp;
+    LLVMValueRef Q, Y;
+} actx;
+
+/* Per query row: its position and the mask addressing. */
+typedef struct arow {
+    LLVMValueRef pos, valid, moff, mst3, M;
+} arow;
+
+static void attn_rowinfo(kc *k, const actx *x, LLVMValueRef bb, LLVMValueRef h, LLVMValueRef i, arow *ri)
 {
-    const kiln_node *n = &c->g->nodes[ni];
-    const kiln_type *qt = vt(c, a->q), *kt = vt(c, a->k), *vtp = vt(c, a->v), *yt = vt(c, a->y);
-    int64_t Tmax = kiln_plan_dim(c->g, c->plan, kiln_dim_add(&c->g->syms, a->pk >= 0 ? a->P : 0, a->Skv));
-    int64_t Dvmax = kiln_plan_dim(c->g, c->plan, a->Dv);
-    if (Tmax < 0 || Dvmax < 0)
-        return cg_fail(c, n, "attention sizes unknown at compile time");
-    kiln_dtype kdt = a->inplace ? a->kv_dtype : kt->dtype, vdt = a->inplace ? a->kv_dtype : vtp->dtype;
-    int f32kv = kdt == KILN_F32 && vdt == KILN_F32 && qt->dtype == KILN_F32 &&
-                (a->inplace || a->pk < 0 || (vt(c, a->pk)->dtype == KILN_F32 && vt(c, a->pv)->dtype == KILN_F32));
-    kc k;
-    kc_begin(c, &k, n);
+    cg *c = k->c;
     LLVMBuilderRef b = c->b;
-    LLVMValueRef Hq = kc_dim(&k, a->Hq), Hk = kc_dim(&k, a->Hkv), Sq = kc_dim(&k, a->Sq), Skv = kc_dim(&k, a->Skv);
-    LLVMValueRef P = a->pk >= 0 ? kc_dim(&k, a->P) : kc_i64(&k, 0);
-    LLVMValueRef T = LLVMBuildAdd(b, P, Skv, ""), D = kc_dim(&k, a->D), Dv = kc_dim(&k, a->Dv);
-    LLVMValueRef grp = LLVMBuildSDiv(b, Hq, Hk, "");
-    LLVMValueRef w = kc_entry_alloca(&k, Tmax + 1);
-    LLVMValueRef acc = kc_entry_alloca(&k, Dvmax + KC_VW);
-    LLVMValueRef qrow = f32kv ? NULL : kc_entry_alloca(&k, kiln_plan_dim(c->g, c->plan, a->D) + 1);
-    LLVMValueRef Q = kc_ptr(&k, a->q), Y = kc_ptr(&k, a->y);
-    ctype ct = CT_F32;
-    kc_loop lr;
-    LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "bhi"); /* r = (b*Hq + h)*Sq + i */
-    LLVMValueRef i = LLVMBuildSRem(b, r, Sq, "");
-    LLVMValueRef bh = LLVMBuildSDiv(b, r, Sq, "");
-    LLVMValueRef h = LLVMBuildSRem(b, bh, Hq, ""), bb = LLVMBuildSDiv(b, bh, Hq, "");
-    LLVMValueRef g = LLVMBuildSDiv(b, h, grp, "");
-    LLVMValueRef qoff = a->three ? LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Sq, ""), i, ""), Hq, ""), h, ""), D, "")
-                                 : LLVMBuildMul(b, r, D, "");
-    LLVMValueRef qp = Q, qo = qoff;
-    if (!f32kv) {
-        kc_loop lc;
-        LLVMValueRef d = kc_for(&k, &lc, kc_i64(&k, 0), D, "qc");
-        kc_store(&k, KILN_F32, qrow, d, kc_load(&k, qt->dtype, Q, LLVMBuildAdd(b, qoff, d, ""), ct), ct);
-        kc_for_end(&k, &lc);
-        qp = qrow;
-        qo = kc_i64(&k, 0);
-    }
+    const attn *a = x->a;
     /* query position: past (or nonpad-derived offset) + i */
-    LLVMValueRef offset = P;
-    LLVMValueRef valid = T;
+    LLVMValueRef offset = x->P;
+    ri->valid = x->T;
     if (a->nonpad >= 0) {
-        valid = kc_load(&k, vt(c, a->nonpad)->dtype, kc_ptr(&k, a->nonpad), bb, CT_I64);
-        offset = LLVMBuildSub(b, valid, Sq, "");
+        ri->valid = kc_load(k, vt(c, a->nonpad)->dtype, kc_ptr(k, a->nonpad), bb, CT_I64);
+        offset = LLVMBuildSub(b, ri->valid, x->Sq, "");
     }
-    LLVMValueRef pos = LLVMBuildAdd(b, offset, i, "");
-    LLVMValueRef moff = kc_i64(&k, 0), mst3 = kc_i64(&k, 0), M = kc_i64(&k, 0);
+    ri->pos = LLVMBuildAdd(b, offset, i, "");
+    ri->moff = kc_i64(k, 0);
+    ri->mst3 = kc_i64(k, 0);
+    ri->M = kc_i64(k, 0);
     if (a->mask >= 0) {
         const kiln_type *mt = vt(c, a->mask);
         LLVMValueRef own[KILN_MAX_RANK];
-        kc_strides(&k, mt, own);
-        LLVMValueRef idx4[4] = {bb, h, i, kc_i64(&k, 0)};
+        kc_strides(k, mt, own);
+        LLVMValueRef idx4[4] = {bb, h, i, kc_i64(k, 0)};
         for (int t = 0; t < 3; t++) {
             int ax = t - (4 - mt->rank);
             if (ax >= 0 && !(KILN_DIM_IS_STATIC(mt->dims[ax]) && mt->dims[ax] == 1))
-                moff = LLVMBuildAdd(b, moff, LLVMBuildMul(b, idx4[t], own[ax], ""), "");
+                ri->moff = LLVMBuildAdd(b, ri->moff, LLVMBuildMul(b, idx4[t], own[ax], ""), "");
         }
         int last = mt->rank - 1;
-        M = kc_dim(&k, mt->dims[last]);
-        mst3 = (KILN_DIM_IS_STATIC(mt->dims[last]) && mt->dims[last] == 1 && a->bias_bcast_last) ? kc_i64(&k, 0) : own[last];
+        ri->M = kc_dim(k, mt->dims[last]);
+        ri->mst3 = (KILN_DIM_IS_STATIC(mt->dims[last]) && mt->dims[last] == 1 && a->bias_bcast_last) ? kc_i64(k, 0) : own[last];
         if (!a->mask_short)
-            M = T; /* no padding: the mask covers (or broadcasts over) every key */
+            ri->M = x->T; /* no padding: the mask covers (or broadcasts over) every key */
     }
-    LLVMValueRef ninf = kc_f(&k, ct, -INFINITY);
-    /* scores */
-    kc_loop lj;
-    LLVMValueRef j = kc_for(&k, &lj, kc_i64(&k, 0), T, "key");
-    LLVMValueRef mx = kc_phi(&k, &lj, ninf);
-    LLVMValueRef kp;
-    LLVMValueRef ko = kv_row(&k, a, a->pk, a->inplace ? a->present_k : a->k, bb, g, j, P, Skv, Hk, D, &kp);
-    LLVMValueRef s;
-    if (f32kv) {
-        s = kc_dot_f32(&k, qp, qo, kp, ko, D);
-    } else {
-        kc_loop ld;
-        LLVMValueRef d = kc_for(&k, &ld, kc_i64(&k, 0), D, "qk");
-        LLVMValueRef sa = kc_phi(&k, &ld, kc_f(&k, ct, 0));
-        LLVMValueRef kv = kc_load(&k, kdt, kp, LLVMBuildAdd(b, ko, d, ""), ct);
-        kc_phi_next(&k, &ld, sa, LLVMBuildFAdd(b, sa, LLVMBuildFMul(b, kc_load(&k, KILN_F32, qp, LLVMBuildAdd(b, qo, d, ""), ct), kv, ""), ""));
-        kc_for_end(&k, &ld);
-        s = sa;
-        if (a->inplace && kdt == KILN_I8)
-            s = LLVMBuildFMul(b, s, kv_scale(&k, a, a->present_k, bb, g, j, Hk, D), "");
-    }
-    s = LLVMBuildFMul(b, s, kc_f(&k, ct, a->scale), "");
-    LLVMValueRef raw = s;
+}
+
+/* Score of key j from the raw dot product: scale, softcap, masks (-inf
+ * where masked). *raw and *capped receive the intermediate values. */
+static LLVMValueRef attn_score(kc *k, const actx *x, const arow *ri, LLVMValueRef dot, LLVMValueRef j, LLVMValueRef *raw,
+                               LLVMValueRef *capped)
+{
+    cg *c = k->c;
+    LLVMBuilderRef b = c->b;
+    const attn *a = x->a;
+    ctype ct = CT_F32;
+    LLVMValueRef s = LLVMBuildFMul(b, dot, kc_f(k, ct, a->scale), "");
+    if (raw)
+        *raw = s;
     if (a->softcap > 0)
-        s = LLVMBuildFMul(b, kc_f(&k, ct, a->softcap), kc_tanh(&k, LLVMBuildFDiv(b, s, kc_f(&k, ct, a->softcap), ""), ct), "");
-    LLVMValueRef capped = s;
+        s = LLVMBuildFMul(b, kc_f(k, ct, a->softcap), kc_tanh(k, LLVMBuildFDiv(b, s, kc_f(k, ct, a->softcap), ""), ct), "");
+    if (capped)
+        *capped = s;
+    LLVMValueRef pos = ri->pos;
     LLVMValueRef masked = LLVMConstInt(c->t_i1, 0, 0);
     if (a->causal)
         masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGT, j, pos, ""), "");
     if (a->window > 0)
-        masked = LLVMBuildOr(b, masked, LLVMBuildOr(b, LLVMBuildICmp(b, LLVMIntSLE, j, LLVMBuildSub(b, pos, kc_i64(&k, a->window), ""), ""),
+        masked = LLVMBuildOr(b, masked, LLVMBuildOr(b, LLVMBuildICmp(b, LLVMIntSLE, j, LLVMBuildSub(b, pos, kc_i64(k, a->window), ""), ""),
                                                     LLVMBuildICmp(b, LLVMIntSGT, j, pos, ""), ""), "");
     if (a->lw >= 0)
-        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGT, LLVMBuildSub(b, pos, j, ""), kc_i64(&k, a->lw), ""), "");
+        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGT, LLVMBuildSub(b, pos, j, ""), kc_i64(k, a->lw), ""), "");
     if (a->rw >= 0)
-        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGT, LLVMBuildSub(b, j, pos, ""), kc_i64(&k, a->rw), ""), "");
+        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGT, LLVMBuildSub(b, j, pos, ""), kc_i64(k, a->rw), ""), "");
     if (a->nonpad >= 0)
-        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGE, j, valid, ""), "");
+        masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntSGE, j, ri->valid, ""), "");
     if (a->mask >= 0) {
         const kiln_type *mt = vt(c, a->mask);
-        LLVMValueRef beyond = LLVMBuildICmp(b, LLVMIntSGE, j, M, "");
-        LLVMValueRef mi = LLVMBuildSelect(b, beyond, kc_i64(&k, 0), LLVMBuildAdd(b, moff, LLVMBuildMul(b, j, mst3, ""), ""), "");
+        LLVMValueRef beyond = LLVMBuildICmp(b, LLVMIntSGE, j, ri->M, "");
+        LLVMValueRef mi = LLVMBuildSelect(b, beyond, kc_i64(k, 0), LLVMBuildAdd(b, ri->moff, LLVMBuildMul(b, j, ri->mst3, ""), ""), "");
         masked = LLVMBuildOr(b, masked, beyond, "");
         if (a->mask_bool) {
-            LLVMValueRef mv = kc_load(&k, KILN_BOOL, kc_ptr(&k, a->mask), mi, CT_I64);
-            masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntEQ, mv, kc_i64(&k, 0), ""), "");
+            LLVMValueRef mv = kc_load(k, KILN_BOOL, kc_ptr(k, a->mask), mi, CT_I64);
+            masked = LLVMBuildOr(b, masked, LLVMBuildICmp(b, LLVMIntEQ, mv, kc_i64(k, 0), ""), "");
         } else {
-            s = LLVMBuildFAdd(b, s, kc_load(&k, mt->dtype, kc_ptr(&k, a->mask), mi, ct), "");
+            s = LLVMBuildFAdd(b, s, kc_load(k, mt->dtype, kc_ptr(k, a->mask), mi, ct), "");
         }
     }
-    s = LLVMBuildSelect(b, masked, ninf, s, "");
-    if (a->qk >= 0 && a->mode < 3) {
-        LLVMValueRef qo2 = LLVMBuildAdd(b, LLVMBuildMul(b, r, T, ""), j, "");
-        kc_store(&k, vt(c, a->qk)->dtype, kc_ptr(&k, a->qk), qo2, a->mode == 0 ? raw : a->mode == 1 ? capped : s, ct);
-    }
-    kc_store(&k, KILN_F32, w, j, s, ct);
-    LLVMValueRef gt = LLVMBuildFCmp(b, LLVMRealOGT, s, mx, "");
-    kc_phi_next(&k, &lj, mx, LLVMBuildSelect(b, gt, s, mx, ""));
-    kc_for_end(&k, &lj);
-    /* softmax; a row with every key masked gives zeros */
-    LLVMValueRef allm = LLVMBuildFCmp(b, LLVMRealOEQ, mx, ninf, "");
-    LLVMValueRef m0 = LLVMBuildSelect(b, allm, kc_f(&k, ct, 0), mx, "");
+    return LLVMBuildSelect(b, masked, kc_f(k, ct, -INFINITY), s, "");
+}
+
+/* Row w[0..T) of scores (max mx) to probabilities in place, 1/sum applied
+ * when `normalize`; returns 1/sum (0 for a row with every key masked). */
+static LLVMValueRef attn_softmax(kc *k, const actx *x, LLVMValueRef w, LLVMValueRef wo, LLVMValueRef mx, int normalize)
+{
+    cg *c = k->c;
+    LLVMBuilderRef b = c->b;
+    ctype ct = CT_F32;
+    LLVMValueRef T = x->T;
+    LLVMValueRef allm = LLVMBuildFCmp(b, LLVMRealOEQ, mx, kc_f(k, ct, -INFINITY), "");
+    LLVMValueRef m0 = LLVMBuildSelect(b, allm, kc_f(k, ct, 0), mx, "");
     /* exponentials 8 at a time (explicit vectors: the sum is a reduction
      * LLVM would not vectorize), then the tail */
-    LLVMValueRef tv = LLVMBuildMul(b, LLVMBuildSDiv(b, T, kc_i64(&k, KC_VW), ""), kc_i64(&k, KC_VW), "");
-    LLVMValueRef m0v = LLVMBuildShuffleVector(b, LLVMBuildInsertElement(b, LLVMGetUndef(kc_vec_t(c)), m0, kc_i64(&k, 0), ""),
+    LLVMValueRef tv = LLVMBuildMul(b, LLVMBuildSDiv(b, T, kc_i64(k, KC_VW), ""), kc_i64(k, KC_VW), "");
+    LLVMValueRef m0v = LLVMBuildShuffleVector(b, LLVMBuildInsertElement(b, LLVMGetUndef(kc_vec_t(c)), m0, kc_i64(k, 0), ""),
                                               LLVMGetUndef(kc_vec_t(c)), LLVMConstNull(LLVMVectorType(c->t_i32, KC_VW)), "");
     kc_loop lev;
-    LLVMValueRef jv = kc_for(&k, &lev, kc_i64(&k, 0), LLVMBuildSDiv(b, tv, kc_i64(&k, KC_VW), ""), "expv");
-    LLVMValueRef vsum = kc_phi(&k, &lev, kc_vzero(&k));
-    LLVMValueRef j8 = LLVMBuildMul(b, jv, kc_i64(&k, KC_VW), "");
-    LLVMValueRef ev = kc_exp(&k, LLVMBuildFSub(b, kc_vload(&k, w, j8), m0v, ""), CT_F32);
-    kc_vstore(&k, w, j8, ev);
-    kc_phi_next(&k, &lev, vsum, LLVMBuildFAdd(b, vsum, ev, ""));
-    kc_for_end(&k, &lev);
-    LLVMValueRef vtotal = kc_hsum(&k, vsum);
+    LLVMValueRef jv = kc_for(k, &lev, kc_i64(k, 0), LLVMBuildSDiv(b, tv, kc_i64(k, KC_VW), ""), "expv");
+    LLVMValueRef vsum = kc_phi(k, &lev, kc_vzero(k));
+    LLVMValueRef j8 = LLVMBuildAdd(b, wo, LLVMBuildMul(b, jv, kc_i64(k, KC_VW), ""), "");
+    LLVMValueRef ev = kc_exp(k, LLVMBuildFSub(b, kc_vload(k, w, j8), m0v, ""), CT_F32);
+    kc_vstore(k, w, j8, ev);
+    kc_phi_next(k, &lev, vsum, LLVMBuildFAdd(b, vsum, ev, ""));
+    kc_for_end(k, &lev);
+    LLVMValueRef vtotal = kc_hsum(k, vsum);
     kc_loop le;
-    LLVMValueRef j2 = kc_for(&k, &le, tv, T, "exp");
-    LLVMValueRef sum = kc_phi(&k, &le, vtotal);
-    LLVMValueRef e = kc_exp(&k, LLVMBuildFSub(b, kc_load(&k, KILN_F32, w, j2, ct), m0, ""), ct);
-    kc_store(&k, KILN_F32, w, j2, e, ct);
-    kc_phi_next(&k, &le, sum, LLVMBuildFAdd(b, sum, e, ""));
-    kc_for_end(&k, &le);
-    LLVMValueRef invs = LLVMBuildSelect(b, allm, kc_f(&k, ct, 0), LLVMBuildFDiv(b, kc_f(&k, ct, 1), sum, ""), "");
+    LLVMValueRef j2 = kc_for(k, &le, tv, T, "exp");
+    LLVMValueRef sum = kc_phi(k, &le, vtotal);
+    LLVMValueRef wi = LLVMBuildAdd(b, wo, j2, "");
+    LLVMValueRef e = kc_exp(k, LLVMBuildFSub(b, kc_load(k, KILN_F32, w, wi, ct), m0, ""), ct);
+    kc_store(k, KILN_F32, w, wi, e, ct);
+    kc_phi_next(k, &le, sum, LLVMBuildFAdd(b, sum, e, ""));
+    kc_for_end(k, &le);
+    LLVMValueRef invs = LLVMBuildSelect(b, allm, kc_f(k, ct, 0), LLVMBuildFDiv(b, kc_f(k, ct, 1), sum, ""), "");
+    if (normalize) {
+        LLVMValueRef iv = LLVMBuildShuffleVector(b, LLVMBuildInsertElement(b, LLVMGetUndef(kc_vec_t(c)), invs, kc_i64(k, 0), ""),
+                                                 LLVMGetUndef(kc_vec_t(c)), LLVMConstNull(LLVMVectorType(c->t_i32, KC_VW)), "");
+        kc_loop ln;
+        LLVMValueRef jn = kc_for(k, &ln, kc_i64(k, 0), LLVMBuildSDiv(b, tv, kc_i64(k, KC_VW), ""), "normv");
+        LLVMValueRef jo = LLVMBuildAdd(b, wo, LLVMBuildMul(b, jn, kc_i64(k, KC_VW), ""), "");
+        kc_vstore(k, w, jo, LLVMBuildFMul(b, kc_vload(k, w, jo), iv, ""));
+        kc_for_end(k, &ln);
+        kc_loop lt;
+        LLVMValueRef jt = kc_for(k, &lt, tv, T, "norm");
+        LLVMValueRef wt = LLVMBuildAdd(b, wo, jt, "");
+        kc_store(k, KILN_F32, w, wt, LLVMBuildFMul(b, kc_load(k, KILN_F32, w, wt, ct), invs, ""), ct);
+        kc_for_end(k, &lt);
+    }
+    return invs;
+}
+
+/* Offset of query row (bb, h, i) in q, and of the output row in y. */
+static LLVMValueRef attn_qoff(kc *k, const actx *x, LLVMValueRef bb, LLVMValueRef h, LLVMValueRef i, LLVMValueRef Dd)
+{
+    LLVMBuilderRef b = k->c->b;
+    if (x->a->three)
+        return LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, x->Sq, ""), i, ""), x->Hq, ""), h, ""), Dd, "");
+    return LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, x->Hq, ""), h, ""), x->Sq, ""), i, ""), Dd, "");
+}
+
+/* One query row r = (b*Hq + h)*Sq + i: scores key by key, softmax, the
+ * weighted sum of values. Used for decode (one query per head) and for
+ * rows a tile does not cover. */
+static void attn_row(kc *k, const actx *x, LLVMValueRef r, LLVMValueRef w, LLVMValueRef acc, LLVMValueRef qrow)
+{
+    cg *c = k->c;
+    LLVMBuilderRef b = c->b;
+    const attn *a = x->a;
+    ctype ct = CT_F32;
+    LLVMValueRef i = LLVMBuildSRem(b, r, x->Sq, "");
+    LLVMValueRef bh = LLVMBuildSDiv(b, r, x->Sq, "");
+    LLVMValueRef h = LLVMBuildSRem(b, bh, x->Hq, ""), bb = LLVMBuildSDiv(b, bh, x->Hq, "");
+    LLVMValueRef g = LLVMBuildSDiv(b, h, x->grp, "");
+    LLVMValueRef qoff = attn_qoff(k, x, bb, h, i, x->D);
+    LLVMValueRef qp = x->Q, qo = qoff;
+    if (!x->f32kv) {
+        kc_loop lc;
+        LLVMValueRef d = kc_for(k, &lc, kc_i64(k, 0), x->D, "qc");
+        kc_store(k, KILN_F32, qrow, d, kc_load(k, x->qt->dtype, x->Q, LLVMBuildAdd(b, qoff, d, ""), ct), ct);
+        kc_for_end(k, &lc);
+        qp = qrow;
+        qo = kc_i64(k, 0);
+    }
+    arow ri;
+    attn_rowinfo(k, x, bb, h, i, &ri);
+    /* scores */
+    kc_loop lj;
+    LLVMValueRef j = kc_for(k, &lj, kc_i64(k, 0), x->T, "key");
+    LLVMValueRef mx = kc_phi(k, &lj, kc_f(k, ct, -INFINITY));
+    LLVMValueRef kp;
+    LLVMValueRef ko = kv_row(k, a, a->pk, a->inplace ? a->present_k : a->k, bb, g, j, x->P, x->Skv, x->Hk, x->D, &kp);
+    LLVMValueRef dot;
+    if (x->f32kv) {
+        dot = kc_dot_f32(k, qp, qo, kp, ko, x->D);
+    } else {
+        kc_loop ld;
+        LLVMValueRef d = kc_for(k, &ld, kc_i64(k, 0), x->D, "qk");
+        LLVMValueRef sa = kc_phi(k, &ld, kc_f(k, ct, 0));
+        LLVMValueRef kv = kc_load(k, x->kdt, kp, LLVMBuildAdd(b, ko, d, ""), ct);
+        kc_phi_next(k, &ld, sa, LLVMBuildFAdd(b, sa, LLVMBuildFMul(b, kc_load(k, KILN_F32, qp, LLVMBuildAdd(b, qo, d, ""), ct), kv, ""), ""));
+        kc_for_end(k, &ld);
+        dot = sa;
+        if (a->inplace && x->kdt == KILN_I8)
+            dot = LLVMBuildFMul(b, dot, kv_scale(k, a, a->present_k, bb, g, j, x->Hk, x->D), "");
+    }
+    LLVMValueRef raw, capped;
+    LLVMValueRef s = attn_score(k, x, &ri, dot, j, &raw, &capped);
+    if (a->qk >= 0 && a->mode < 3) {
+        LLVMValueRef qo2 = LLVMBuildAdd(b, LLVMBuildMul(b, r, x->T, ""), j, "");
+        kc_store(k, vt(c, a->qk)->dtype, kc_ptr(k, a->qk), qo2, a->mode == 0 ? raw : a->mode == 1 ? capped : s, ct);
+    }
+    kc_store(k, KILN_F32, w, j, s, ct);
+    LLVMValueRef gt = LLVMBuildFCmp(b, LLVMRealOGT, s, mx, "");
+    kc_phi_next(k, &lj, mx, LLVMBuildSelect(b, gt, s, mx, ""));
+    kc_for_end(k, &lj);
+    /* softmax; a row with every key masked gives zeros */
+    LLVMValueRef invs = attn_softmax(k, x, w, kc_i64(k, 0), mx, 0);
     /* acc = Σ p_j v_j */
     kc_loop lz;
-    LLVMValueRef dz = kc_for(&k, &lz, kc_i64(&k, 0), Dv, "z");
-    kc_store(&k, KILN_F32, acc, dz, kc_f(&k, ct, 0), ct);
-    kc_for_end(&k, &lz);
+    LLVMValueRef dz = kc_for(k, &lz, kc_i64(k, 0), x->Dv, "z");
+    kc_store(k, KILN_F32, acc, dz, kc_f(k, ct, 0), ct);
+    kc_for_end(k, &lz);
     kc_loop lv;
-    LLVMValueRef j3 = kc_for(&k, &lv, kc_i64(&k, 0), T, "val");
-    LLVMValueRef p = LLVMBuildFMul(b, kc_load(&k, KILN_F32, w, j3, ct), invs, "");
+    LLVMValueRef j3 = kc_for(k, &lv, kc_i64(k, 0), x->T, "val");
+    LLVMValueRef p = LLVMBuildFMul(b, kc_load(k, KILN_F32, w, j3, ct), invs, "");
     if (a->qk >= 0 && a->mode == 3)
-        kc_store(&k, vt(c, a->qk)->dtype, kc_ptr(&k, a->qk), LLVMBuildAdd(b, LLVMBuildMul(b, r, T, ""), j3, ""), p, ct);
+        kc_store(k, vt(c, a->qk)->dtype, kc_ptr(k, a->qk), LLVMBuildAdd(b, LLVMBuildMul(b, r, x->T, ""), j3, ""), p, ct);
     LLVMValueRef vp;
-    LLVMValueRef vo = kv_row(&k, a, a->pv, a->inplace ? a->present_v : a->v, bb, g, j3, P, Skv, Hk, Dv, &vp);
+    LLVMValueRef vo = kv_row(k, a, a->pv, a->inplace ? a->present_v : a->v, bb, g, j3, x->P, x->Skv, x->Hk, x->Dv, &vp);
     kc_loop ld2;
-    LLVMValueRef d2 = kc_for(&k, &ld2, kc_i64(&k, 0), Dv, "vd");
+    LLVMValueRef d2 = kc_for(k, &ld2, kc_i64(k, 0), x->Dv, "vd");
     LLVMValueRef pv = p;
-    if (a->inplace && vdt == KILN_I8)
-        pv = LLVMBuildFMul(b, p, kv_scale(&k, a, a->present_v, bb, g, j3, Hk, Dv), "");
-    LLVMValueRef vv = kc_load(&k, f32kv ? KILN_F32 : vdt, vp, LLVMBuildAdd(b, vo, d2, ""), ct);
-    LLVMValueRef av = kc_load(&k, KILN_F32, acc, d2, ct);
-    kc_store(&k, KILN_F32, acc, d2, LLVMBuildFAdd(b, av, LLVMBuildFMul(b, pv, vv, ""), ""), ct);
-    kc_for_end(&k, &ld2);
-    kc_for_end(&k, &lv);
-    LLVMValueRef yoff = a->three ? LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, LLVMBuildAdd(b, LLVMBuildMul(b, bb, Sq, ""), i, ""), Hq, ""), h, ""), Dv, "")
-                                 : LLVMBuildMul(b, r, Dv, "");
+    if (a->inplace && x->vdt == KILN_I8)
+        pv = LLVMBuildFMul(b, p, kv_scale(k, a, a->present_v, bb, g, j3, x->Hk, x->Dv), "");
+    LLVMValueRef vv = kc_load(k, x->f32kv ? KILN_F32 : x->vdt, vp, LLVMBuildAdd(b, vo, d2, ""), ct);
+    LLVMValueRef av = kc_load(k, KILN_F32, acc, d2, ct);
+    kc_store(k, KILN_F32, acc, d2, LLVMBuildFAdd(b, av, LLVMBuildFMul(b, pv, vv, ""), ""), ct);
+    kc_for_end(k, &ld2);
+    kc_for_end(k, &lv);
+    LLVMValueRef yoff = attn_qoff(k, x, bb, h, i, x->Dv);
     kc_loop lo;
-    LLVMValueRef d3 = kc_for(&k, &lo, kc_i64(&k, 0), Dv, "yo");
-    kc_store(&k, yt->dtype, Y, LLVMBuildAdd(b, yoff, d3, ""), kc_load(&k, KILN_F32, acc, d3, ct), ct);
-    kc_for_end(&k, &lo);
-    kc_for_end(&k, &lr);
+    LLVMValueRef d3 = kc_for(k, &lo, kc_i64(k, 0), x->Dv, "yo");
+    kc_store(k, x->yt->dtype, x->Y, LLVMBuildAdd(b, yoff, d3, ""), kc_load(k, KILN_F32, acc, d3, ct), ct);
+    kc_for_end(k, &lo);
+}
+
+/* ---- tiled attention (many queries per head: encoders, prefill) ----
+ * The keys of one (batch, kv head) are transposed once into kt [D][Tp]
+ * and the values copied into vc [T][Dvp] (converted to f32, int8 scales
+ * applied); then ATT_MR query rows at a time go through the GEMM
+ * micro-kernel twice: scores = Q kt, softmax per row in place, out = P vc.
+ * Scratch lives on the stack, so the path is taken only while it stays
+ * small (ATT_TILE_STACK). */
+#define ATT_TILE_STACK (256 * 1024)
+
+typedef struct atile {
+    int MR, W, NVs, NVo;
+    int64_t Tp, Dvp; /* padded widths (multiples of NVs*W, NVo*W) */
+    LLVMValueRef kt, vc, sc, yt;
+} atile;
+
+static int attn_tile_plan(cg *c, const attn *a, int64_t Tmax, int64_t Dmax, int64_t Dvmax, atile *t)
+{
+    if (a->qk >= 0 || !KILN_DIM_IS_STATIC(a->Dv))
+        return 0;
+    t->W = c->vw ? c->vw : 8;
+    t->MR = t->W == 16 ? 8 : 6;
+    t->NVs = 2;
+    int64_t ns = t->NVs * t->W;
+    t->Tp = (Tmax + ns - 1) / ns * ns;
+    t->Dvp = (Dvmax + t->W - 1) / t->W * t->W;
+    int64_t nvo = t->Dvp / t->W;
+    t->NVo = nvo % 2 == 0 ? 2 : 1; /* MR x NVo accumulators stay in registers */
+    int64_t bytes = 4 * (Dmax * t->Tp + Tmax * t->Dvp + t->MR * t->Tp + t->MR * t->Dvp);
+    return bytes <= ATT_TILE_STACK;
+}
+
+/* kt and vc for (bb, g): rows j < T, zero columns T..Tp of kt. */
+static void attn_tile_kv(kc *k, const actx *x, const atile *t, LLVMValueRef bb, LLVMValueRef g)
+{
+    cg *c = k->c;
+    LLVMBuilderRef b = c->b;
+    const attn *a = x->a;
+    ctype ct = CT_F32;
+    LLVMValueRef Tp = kc_i64(k, t->Tp), Dvp = kc_i64(k, t->Dvp);
+    kc_loop lj;
+    LLVMValueRef j = kc_for(k, &lj, kc_i64(k, 0), x->T, "ktj");
+    LLVMValueRef kp, vp;
+    LLVMValueRef ko = kv_row(k, a, a->pk, a->inplace ? a->present_k : a->k, bb, g, j, x->P, x->Skv, x->Hk, x->D, &kp);
+    LLVMValueRef vo = kv_row(k, a, a->pv, a->inplace ? a->present_v : a->v, bb, g, j, x->P, x->Skv, x->Hk, x->Dv, &vp);
+    LLVMValueRef ks = NULL, vs = NULL;
+    if (a->inplace && x->kdt == KILN_I8)
+        ks = kv_scale(k, a, a->present_k, bb, g, j, x->Hk, x->D);
+    if (a->inplace && x->vdt == KILN_I8)
+        vs = kv_scale(k, a, a->present_v, bb, g, j, x->Hk, x->Dv);
+    kc_loop ld;
+    LLVMValueRef d = kc_for(k, &ld, kc_i64(k, 0), x->D, "ktd");
+    LLVMValueRef kv = kc_load(k, x->kdt, kp, LLVMBuildAdd(b, ko, d, ""), ct);
+    if (ks)
+        kv = LLVMBuildFMul(b, kv, ks, "");
+    kc_store(k, KILN_F32, t->kt, LLVMBuildAdd(b, LLVMBuildMul(b, d, Tp, ""), j, ""), kv, ct);
+    kc_for_end(k, &ld);
+    kc_loop lv;
+    LLVMValueRef dv = kc_for(k, &lv, kc_i64(k, 0), Dvp, "vcd");
+    LLVMValueRef in = LLVMBuildICmp(b, LLVMIntSLT, dv, x->Dv, "");
+    LLVMValueRef vv = kc_load(k, x->vdt, vp, LLVMBuildAdd(b, vo, LLVMBuildSelect(b, in, dv, kc_i64(k, 0), ""), ""), ct);
+    if (vs)
+        vv = LLVMBuildFMul(b, vv, vs, "");
+    kc_store(k, KILN_F32, t->vc, LLVMBuildAdd(b, LLVMBuildMul(b, j, Dvp, ""), dv, ""), LLVMBuildSelect(b, in, vv, kc_f(k, ct, 0), ""), ct);
+    kc_for_end(k, &lv);
+    kc_for_end(k, &lj);
+    kc_loop lp;
+    LLVMValueRef dp = kc_for(k, &lp, kc_i64(k, 0), x->D, "ktpd");
+    kc_loop lq;
+    LLVMValueRef jp = kc_for(k, &lq, x->T, Tp, "ktpj");
+    kc_store(k, KILN_F32, t->kt, LLVMBuildAdd(b, LLVMBuildMul(b, dp, Tp, ""), jp, ""), kc_f(k, ct, 0), ct);
+    kc_for_end(k, &lq);
+    kc_for_end(k, &lp);
+}
+
+/* Query rows i0 .. i0+MR of (bb, h): the two micro-kernel passes. */
+static void attn_tile_rows(kc *k, const actx *x, const atile *t, LLVMValueRef bb, LLVMValueRef h, LLVMValueRef i0, LLVMValueRef qrow)
+{
+    cg *c = k->c;
+    LLVMBuilderRef b = c->b;
+    const attn *a = x->a;
+    ctype ct = CT_F32;
+    LLVMValueRef Tp = kc_i64(k, t->Tp), Dvp = kc_i64(k, t->Dvp), one = kc_i64(k, 1), zero = kc_i64(k, 0);
+    /* Q rows: straight from q (f32), else converted into qrow [MR][D] */
+    LLVMValueRef A = x->Q, aoff = attn_qoff(k, x, bb, h, i0, x->D);
+    LLVMValueRef lda = a->three ? LLVMBuildMul(b, x->Hq, x->D, "") : x->D;
+    if (x->qt->dtype != KILN_F32) {
+        kc_loop lr;
+        LLVMValueRef m = kc_for(k, &lr, zero, kc_i64(k, t->MR), "qr");
+        LLVMValueRef src = LLVMBuildAdd(b, aoff, LLVMBuildMul(b, m, lda, ""), "");
+        kc_loop ld;
+        LLVMValueRef d = kc_for(k, &ld, zero, x->D, "qd");
+        kc_store(k, KILN_F32, qrow, LLVMBuildAdd(b, LLVMBuildMul(b, m, x->D, ""), d, ""),
+                 kc_load(k, x->qt->dtype, x->Q, LLVMBuildAdd(b, src, d, ""), ct), ct);
+        kc_for_end(k, &ld);
+        kc_for_end(k, &lr);
+        A = qrow;
+        aoff = zero;
+        lda = x->D;
+    }
+    /* scores [MR][Tp] */
+    int64_t ns = t->NVs * t->W;
+    kc_loop ln;
+    LLVMValueRef nt = kc_for(k, &ln, zero, kc_i64(k, t->Tp / ns), "stile");
+    kc_micro_tile(k, t->MR, t->NVs, t->W, A, aoff, lda, one, t->kt, zero, Tp, t->sc, zero, Tp,
+                  LLVMBuildMul(b, nt, kc_i64(k, ns), ""), x->D);
+    kc_for_end(k, &ln);
+    /* per row: mask, softmax, normalized in place */
+    for (int m = 0; m < t->MR; m++) {
+        LLVMValueRef i = LLVMBuildAdd(b, i0, kc_i64(k, m), "");
+        arow ri;
+        attn_rowinfo(k, x, bb, h, i, &ri);
+        LLVMValueRef wo = kc_i64(k, (int64_t)m * t->Tp);
+        kc_loop lj;
+        LLVMValueRef j = kc_for(k, &lj, zero, x->T, "tkey");
+        LLVMValueRef mx = kc_phi(k, &lj, kc_f(k, ct, -INFINITY));
+        LLVMValueRef wi = LLVMBuildAdd(b, wo, j, "");
+        LLVMValueRef s = attn_score(k, x, &ri, kc_load(k, KILN_F32, t->sc, wi, ct), j, NULL, NULL);
+        kc_store(k, KILN_F32, t->sc, wi, s, ct);
+        LLVMValueRef gt = LLVMBuildFCmp(b, LLVMRealOGT, s, mx, "");
+        kc_phi_next(k, &lj, mx, LLVMBuildSelect(b, gt, s, mx, ""));
+        kc_for_end(k, &lj);
+        attn_softmax(k, x, t->sc, wo, mx, 1);
+    }
+    /* out [MR][Dvp] = P vc, then the Dv columns to y */
+    int64_t no = t->NVo * t->W;
+    kc_loop lo;
+    LLVMValueRef ot = kc_for(k, &lo, zero, kc_i64(k, t->Dvp / no), "otile");
+    kc_micro_tile(k, t->MR, t->NVo, t->W, t->sc, zero, Tp, one, t->vc, zero, Dvp, t->yt, zero, Dvp,
+                  LLVMBuildMul(b, ot, kc_i64(k, no), ""), x->T);
+    kc_for_end(k, &lo);
+    LLVMValueRef yoff = attn_qoff(k, x, bb, h, i0, x->Dv);
+    LLVMValueRef ldy = a->three ? LLVMBuildMul(b, x->Hq, x->Dv, "") : x->Dv;
+    kc_loop lr;
+    LLVMValueRef m = kc_for(k, &lr, zero, kc_i64(k, t->MR), "yr");
+    LLVMValueRef yr = LLVMBuildAdd(b, yoff, LLVMBuildMul(b, m, ldy, ""), "");
+    kc_loop ld;
+    LLVMValueRef d = kc_for(k, &ld, zero, x->Dv, "yd");
+    kc_store(k, x->yt->dtype, x->Y, LLVMBuildAdd(b, yr, d, ""),
+             kc_load(k, KILN_F32, t->yt, LLVMBuildAdd(b, LLVMBuildMul(b, m, Dvp, ""), d, ""), ct), ct);
+    kc_for_end(k, &ld);
+    kc_for_end(k, &lr);
+}
+
+static int lower_attn_core(cg *c, int ni, const attn *a)
+{
+    const kiln_node *n = &c->g->nodes[ni];
+    const kiln_type *qt = vt(c, a->q), *kt = vt(c, a->k), *vtp = vt(c, a->v);
+    int64_t Tmax = kiln_plan_dim(c->g, c->plan, kiln_dim_add(&c->g->syms, a->pk >= 0 ? a->P : 0, a->Skv));
+    if (a->inplace)
+        Tmax = Tmax < a->kv_ctx ? Tmax : a->kv_ctx;
+    int64_t Dvmax = kiln_plan_dim(c->g, c->plan, a->Dv), Dmax = kiln_plan_dim(c->g, c->plan, a->D);
+    if (Tmax < 0 || Dvmax < 0 || Dmax < 0)
+        return cg_fail(c, n, "attention sizes unknown at compile time");
+    actx x;
+    memset(&x, 0, sizeof x);
+    x.a = a;
+    x.qt = qt;
+    x.yt = vt(c, a->y);
+    x.kdt = a->inplace ? a->kv_dtype : kt->dtype;
+    x.vdt = a->inplace ? a->kv_dtype : vtp->dtype;
+    x.f32kv = x.kdt == KILN_F32 && x.vdt == KILN_F32 && qt->dtype == KILN_F32 &&
+              (a->inplace || a->pk < 0 || (vt(c, a->pk)->dtype == KILN_F32 && vt(c, a->pv)->dtype == KILN_F32));
+    atile t;
+    memset(&t, 0, sizeof t);
+    int tiled = attn_tile_plan(c, a, Tmax, Dmax, Dvmax, &t);
+    kc k;
+    kc_begin(c, &k, n);
+    LLVMBuilderRef b = c->b;
+    x.Hq = kc_dim(&k, a->Hq);
+    x.Hk = kc_dim(&k, a->Hkv);
+    x.Sq = kc_dim(&k, a->Sq);
+    x.Skv = kc_dim(&k, a->Skv);
+    x.P = a->pk >= 0 ? kc_dim(&k, a->P) : kc_i64(&k, 0);
+    x.T = LLVMBuildAdd(b, x.P, x.Skv, "");
+    x.D = kc_dim(&k, a->D);
+    x.Dv = kc_dim(&k, a->Dv);
+    x.grp = LLVMBuildSDiv(b, x.Hq, x.Hk, "");
+    x.Q = kc_ptr(&k, a->q);
+    x.Y = kc_ptr(&k, a->y);
+    LLVMValueRef w = kc_entry_alloca(&k, Tmax + 1);
+    LLVMValueRef acc = kc_entry_alloca(&k, Dvmax + KC_VW);
+    LLVMValueRef qrow = kc_entry_alloca(&k, (tiled ? t.MR : 1) * Dmax + 1);
+    if (!tiled) {
+        kc_loop lr;
+        LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "bhi"); /* r = (b*Hq + h)*Sq + i */
+        attn_row(&k, &x, r, w, acc, qrow);
+        kc_for_end(&k, &lr);
+    } else {
+        t.kt = kc_entry_alloca(&k, Dmax * t.Tp);
+        t.vc = kc_entry_alloca(&k, Tmax * t.Dvp);
+        t.sc = kc_entry_alloca(&k, t.MR * t.Tp);
+        t.yt = kc_entry_alloca(&k, t.MR * t.Dvp);
+        /* the task's rows by (batch, head): whole tiles of MR queries, then
+         * the remaining rows one by one (decode steps take only the latter) */
+        LLVMValueRef one = kc_i64(&k, 1);
+        LLVMValueRef bh0 = LLVMBuildSDiv(b, k.begin, x.Sq, "");
+        LLVMValueRef bh1 = LLVMBuildAdd(b, LLVMBuildSDiv(b, LLVMBuildSub(b, k.end, one, ""), x.Sq, ""), one, "");
+        kc_loop lh;
+        LLVMValueRef bh = kc_for(&k, &lh, bh0, bh1, "bh");
+        LLVMValueRef first = LLVMBuildMul(b, bh, x.Sq, ""), last = LLVMBuildAdd(b, first, x.Sq, "");
+        LLVMValueRef lo = LLVMBuildSelect(b, LLVMBuildICmp(b, LLVMIntSGT, k.begin, first, ""), k.begin, first, "");
+        LLVMValueRef hi = LLVMBuildSelect(b, LLVMBuildICmp(b, LLVMIntSLT, k.end, last, ""), k.end, last, "");
+        LLVMValueRef nb = LLVMBuildSDiv(b, LLVMBuildSub(b, hi, lo, ""), kc_i64(&k, t.MR), "");
+        LLVMValueRef h = LLVMBuildSRem(b, bh, x.Hq, ""), bb = LLVMBuildSDiv(b, bh, x.Hq, "");
+        kc_if f;
+        kc_if_begin(&k, &f, LLVMBuildICmp(b, LLVMIntSGT, nb, kc_i64(&k, 0), ""));
+        attn_tile_kv(&k, &x, &t, bb, LLVMBuildSDiv(b, h, x.grp, ""));
+        kc_loop lt;
+        LLVMValueRef tb = kc_for(&k, &lt, kc_i64(&k, 0), nb, "qtile");
+        LLVMValueRef i0 = LLVMBuildSub(b, LLVMBuildAdd(b, lo, LLVMBuildMul(b, tb, kc_i64(&k, t.MR), ""), ""), first, "");
+        attn_tile_rows(&k, &x, &t, bb, h, i0, qrow);
+        kc_for_end(&k, &lt);
+        kc_if_else(&k, &f);
+        kc_if_end(&k, &f);
+        kc_loop lr;
+        LLVMValueRef r = kc_for(&k, &lr, LLVMBuildAdd(b, lo, LLVMBuildMul(b, nb, kc_i64(&k, t.MR), ""), ""), hi, "rest");
+        attn_row(&k, &x, r, w, acc, qrow);
+        kc_for_end(&k, &lr);
+        kc_for_end(&k, &lh);
+    }
     kc_end(&k);
     kiln_dim trip[3] = {a->B, a->Hq, a->Sq};
     cg_launch(c, k.fn, trip, 3, 1, ni);

@@ -230,6 +230,30 @@ OPS_CASES = [
   %e = Einsum(%a, %b) {equation = "abij,bjk->abik"}
   %d = Sub(%m, %e)
   output %m, %d""", {"a": (2, 3, 4, 5), "b": (3, 5, 6)}),
+    # many queries per head take the tiled attention path (query tiles
+    # through the GEMM micro-kernel); 37 and 19 rows leave partial tiles
+    ("attention_tiled_gqa_causal", """
+  input %q : f32[2, 37, 64]
+  input %k : f32[2, 37, 32]
+  input %v : f32[2, 37, 32]
+  %y, %pk, %pv = GQAttention(%q, %k, %v) {num_heads = 4, kv_num_heads = 2, causal = 1}
+  output %y""", {"q": (2, 37, 64), "k": (2, 37, 32), "v": (2, 37, 32)}),
+    ("attention_tiled_window_softcap", """
+  input %q : f32[1, 21, 32]
+  input %k : f32[1, 21, 32]
+  input %v : f32[1, 21, 32]
+  %y, %pk, %pv = GQAttention(%q, %k, %v) {num_heads = 2, kv_num_heads = 2, causal = 1, window = 5, softcap = 30.0}
+  output %y""", {"q": (1, 21, 32), "k": (1, 21, 32), "v": (1, 21, 32)}),
+    ("attention_tiled_mask_past", """
+  input %q : f32[1, 2, 19, 8]
+  input %k : f32[1, 2, 23, 8]
+  input %v : f32[1, 2, 23, 12]
+  input %m : f32[19, 27]
+  input %pk : f32[1, 2, 4, 8]
+  input %pv : f32[1, 2, 4, 12]
+  %y, %ok, %ov = Attention(%q, %k, %v, %m, %pk, %pv)
+  output %y, %ok, %ov""", {"q": (1, 2, 19, 8), "k": (1, 2, 23, 8), "v": (1, 2, 23, 12), "m": (19, 27),
+                           "pk": (1, 2, 4, 8), "pv": (1, 2, 4, 12)}),
 ]
 
 

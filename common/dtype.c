@@ -296,14 +296,33 @@ uint8_t kiln_f32_to_f8e8m0(float f, int saturate, int round_mode)
 
 /* ---- element load / store ---- */
 
+/* Loads through memcpy: tensor data may sit unaligned inside a file's
+ * bytes (ONNX raw_data in the protobuf buffer). */
+#define KILN_LD(T, name)                                                                                       \
+    static inline T name(const void *d, int64_t i)                                                             \
+    {                                                                                                         \
+        T v;                                                                                                  \
+        memcpy(&v, (const uint8_t *)d + (size_t)i * sizeof(T), sizeof(T));                                   \
+        return v;                                                                                             \
+    }
+KILN_LD(float, ld_f32)
+KILN_LD(double, ld_f64)
+KILN_LD(uint16_t, ld_u16)
+KILN_LD(int16_t, ld_i16)
+KILN_LD(int32_t, ld_i32)
+KILN_LD(uint32_t, ld_u32)
+KILN_LD(int64_t, ld_i64)
+KILN_LD(uint64_t, ld_u64)
+#undef KILN_LD
+
 double kiln_load_f64(kiln_dtype dt, const void *data, int64_t i)
 {
     const uint8_t *p = data;
     switch (dt) {
-    case KILN_F32: return ((const float *)data)[i];
-    case KILN_F16: return kiln_f16_to_f32(((const uint16_t *)data)[i]);
-    case KILN_BF16: return kiln_bf16_to_f32(((const uint16_t *)data)[i]);
-    case KILN_F64: return ((const double *)data)[i];
+    case KILN_F32: return ld_f32(data, i);
+    case KILN_F16: return kiln_f16_to_f32(ld_u16(data, i));
+    case KILN_BF16: return kiln_bf16_to_f32(ld_u16(data, i));
+    case KILN_F64: return ld_f64(data, i);
     case KILN_F8E4M3: return kiln_f8e4m3_to_f32(p[i]);
     case KILN_F8E5M2: return kiln_f8e5m2_to_f32(p[i]);
     case KILN_F8E4M3FNUZ: return kiln_f8e4m3fnuz_to_f32(p[i]);
@@ -311,7 +330,7 @@ double kiln_load_f64(kiln_dtype dt, const void *data, int64_t i)
     case KILN_F8E8M0: return kiln_f8e8m0_to_f32(p[i]);
     case KILN_F4E2M1: return kiln_f4e2m1_to_f32((uint8_t)((p[i >> 1] >> ((i & 1) * 4)) & 0xf));
     case KILN_BOOL: return p[i] ? 1.0 : 0.0;
-    case KILN_U64: return (double)((const uint64_t *)data)[i];
+    case KILN_U64: return (double)ld_u64(data, i);
     default:
         if (kiln_dtype_get(dt)->is_int)
             return (double)kiln_load_i64(dt, data, i);
@@ -325,12 +344,12 @@ int64_t kiln_load_i64(kiln_dtype dt, const void *data, int64_t i)
     switch (dt) {
     case KILN_I8: return ((const int8_t *)data)[i];
     case KILN_U8: return p[i];
-    case KILN_I16: return ((const int16_t *)data)[i];
-    case KILN_U16: return ((const uint16_t *)data)[i];
-    case KILN_I32: return ((const int32_t *)data)[i];
-    case KILN_U32: return ((const uint32_t *)data)[i];
-    case KILN_I64: return ((const int64_t *)data)[i];
-    case KILN_U64: return (int64_t)((const uint64_t *)data)[i];
+    case KILN_I16: return ld_i16(data, i);
+    case KILN_U16: return ld_u16(data, i);
+    case KILN_I32: return ld_i32(data, i);
+    case KILN_U32: return ld_u32(data, i);
+    case KILN_I64: return ld_i64(data, i);
+    case KILN_U64: return (int64_t)ld_u64(data, i);
     case KILN_BOOL: return p[i] != 0;
     case KILN_I4: {
         int v = (p[i >> 1] >> ((i & 1) * 4)) & 0xf;

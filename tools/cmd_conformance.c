@@ -318,7 +318,8 @@ static int compile_cpu(const char *model, const kiln_tensor *const *data, const 
         return CC_ERROR;
     int n = g->n_inputs, rc = CC_ERROR;
     int *vids = kiln_xcalloc((size_t)n + 1, sizeof *vids);
-    memcpy(vids, g->inputs, sizeof *vids * (size_t)n);
+    if (n > 0) /* a model with no inputs has no input array */
+        memcpy(vids, g->inputs, sizeof *vids * (size_t)n);
     for (int i = 0; i < n; i++) {
         const char *name = g->values[vids[i]].name;
         if (bind[i] ? kiln_cli_bind_input(g, name, data[i], err)

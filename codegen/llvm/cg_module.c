@@ -348,9 +348,11 @@ int kiln_codegen_cpu(kiln_graph *g, const kiln_plan *p, const kiln_build_opts *o
                                  opt >= 2 ? LLVMCodeGenLevelAggressive : opt == 1 ? LLVMCodeGenLevelLess : LLVMCodeGenLevelNone,
                                  LLVMRelocPIC, LLVMCodeModelDefault);
     {
-        char *layout = LLVMCopyStringRepOfTargetData(LLVMCreateTargetDataLayout(tm));
+        LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
+        char *layout = LLVMCopyStringRepOfTargetData(td);
         LLVMSetDataLayout(c->mod, layout);
         LLVMDisposeMessage(layout);
+        LLVMDisposeTargetData(td);
     }
     if (getenv("KILN_DUMP_LLVM_PRE"))
         LLVMPrintModuleToFile(c->mod, getenv("KILN_DUMP_LLVM_PRE"), NULL);

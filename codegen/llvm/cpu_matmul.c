@@ -340,6 +340,32 @@ typedef struct mm {
     int a_vec, b_vec;          /* 1-D operands promoted per numpy */
 } mm;
 
+/* Offsets of output row r (batch..., m) in A, B and the output; the batch
+ * ids go to bidx. */
+static LLVMValueRef mm_row(kc *k, LLVMValueRef r, LLVMValueRef Md, const kiln_type *ot, int nbatch, int a_vec,
+                           LLVMValueRef a_m, const LLVMValueRef *a_bst, const LLVMValueRef *b_bst, const LLVMValueRef *ost,
+                           LLVMValueRef *aoff, LLVMValueRef *boff, LLVMValueRef *ooff, LLVMValueRef *bidx)
+{
+    LLVMBuilderRef bl = k->c->b;
+    LLVMValueRef m = LLVMBuildSRem(bl, r, Md, "");
+    LLVMValueRef bi = LLVMBuildSDiv(bl, r, Md, "");
+    *aoff = LLVMBuildMul(bl, m, a_m, "");
+    *boff = kc_i64(k, 0);
+    *ooff = kc_i64(k, 0);
+    for (int d = nbatch - 1; d >= 0; d--) {
+        LLVMValueRef dim = kc_dim(k, ot->dims[d]);
+        LLVMValueRef id = LLVMBuildSRem(bl, bi, dim, "");
+        bi = LLVMBuildSDiv(bl, bi, dim, "");
+        *aoff = LLVMBuildAdd(bl, *aoff, LLVMBuildMul(bl, id, a_bst[d], ""), "");
+        bidx[d] = id;
+        *boff = LLVMBuildAdd(bl, *boff, LLVMBuildMul(bl, id, b_bst[d], ""), "");
+        *ooff = LLVMBuildAdd(bl, *ooff, LLVMBuildMul(bl, id, ost[d], ""), "");
+    }
+    if (!a_vec)
+        *ooff = LLVMBuildAdd(bl, *ooff, LLVMBuildMul(bl, m, ost[nbatch], ""), "");
+    return m;
+}
+
 /* out[batch..., m, n] = alpha * Σ_k A'[.., m, k] B'[.., k, n] + beta * C */
 static int lower_mm(cg *c, int ni, const mm *p)
 {
@@ -390,24 +416,37 @@ static int lower_mm(cg *c, int ni, const mm *p)
         a_bst[d] = (ia < 0 || (KILN_DIM_IS_STATIC(adims[ia]) && adims[ia] == 1 && ot->dims[d] != 1)) ? kc_i64(&k, 0) : ast[ia];
         b_bst[d] = (ib < 0 || (KILN_DIM_IS_STATIC(bdims[ib]) && bdims[ib] == 1 && ot->dims[d] != 1)) ? kc_i64(&k, 0) : bst[ib];
     }
+    LLVMValueRef A = kc_ptr(&k, p->a), B = kc_ptr(&k, p->b), O = kc_ptr(&k, ep.final);
+    int fast = at->dtype == KILN_F32 && bt->dtype == KILN_F32 && ot->dtype == KILN_F32 && !p->tb && !p->b_vec &&
+               p->cbias < 0 && p->alpha == 1.0;
+    /* the micro-kernel's geometry (AVX-512: 8 x 48 tiles, 24 of the 32
+     * vector registers hold C) */
+    int W = c->vw ? c->vw : 8, MR = W == 16 ? 8 : 6, NV = W == 16 ? 3 : 2, NR = NV * W;
+    LLVMValueRef aoff, boff, ooff, m;
+    LLVMValueRef nfull = LLVMBuildMul(bl, LLVMBuildSDiv(bl, Nd, kc_i64(&k, NR), ""), kc_i64(&k, NR), "");
+    if (fast) {
+        /* full tiles, column panel by column panel: B's panel (K x NR) stays
+         * in L2 while every row tile of this thread passes over it (row
+         * tiles inside would stream all of B from L3 once per row tile) */
+        kc_loop lt, lr0;
+        LLVMValueRef t = kc_for(&k, &lt, kc_i64(&k, 0), LLVMBuildSDiv(bl, nfull, kc_i64(&k, NR), ""), "ntile");
+        LLVMValueRef r0 = kc_for(&k, &lr0, k.begin, k.end, "trow0");
+        m = mm_row(&k, r0, Md, ot, nbatch, p->a_vec, a_m, a_bst, b_bst, ost, &aoff, &boff, &ooff, bidx);
+        LLVMValueRef full0 = LLVMBuildAnd(bl, LLVMBuildICmp(bl, LLVMIntEQ, LLVMBuildSRem(bl, m, kc_i64(&k, MR), ""), kc_i64(&k, 0), ""),
+                                          LLVMBuildICmp(bl, LLVMIntSLE, LLVMBuildAdd(bl, m, kc_i64(&k, MR), ""), Md, ""), "");
+        kc_if f0;
+        kc_if_begin(&k, &f0, full0);
+        kc_micro_tile(&k, MR, NV, W, A, aoff, a_m, a_k, B, boff, b_k, O, ooff, ost[orank - 1 - 1 + (p->a_vec ? 1 : 0)],
+                      LLVMBuildMul(bl, t, kc_i64(&k, NR), ""), Kd);
+        kc_if_else(&k, &f0);
+        kc_if_end(&k, &f0);
+        kc_for_end(&k, &lr0);
+        kc_for_end(&k, &lt);
+    }
     /* outer loop over batch*M rows */
     kc_loop lr;
     LLVMValueRef r = kc_for(&k, &lr, k.begin, k.end, "row");
-    LLVMValueRef m = LLVMBuildSRem(bl, r, Md, "");
-    LLVMValueRef bi = LLVMBuildSDiv(bl, r, Md, "");
-    LLVMValueRef aoff = LLVMBuildMul(bl, m, a_m, ""), boff = kc_i64(&k, 0), ooff = kc_i64(&k, 0);
-    for (int d = nbatch - 1; d >= 0; d--) {
-        LLVMValueRef dim = kc_dim(&k, ot->dims[d]);
-        LLVMValueRef id = LLVMBuildSRem(bl, bi, dim, "");
-        bi = LLVMBuildSDiv(bl, bi, dim, "");
-        aoff = LLVMBuildAdd(bl, aoff, LLVMBuildMul(bl, id, a_bst[d], ""), "");
-        bidx[d] = id;
-        boff = LLVMBuildAdd(bl, boff, LLVMBuildMul(bl, id, b_bst[d], ""), "");
-        ooff = LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, id, ost[d], ""), "");
-    }
-    if (!p->a_vec)
-        ooff = LLVMBuildAdd(bl, ooff, LLVMBuildMul(bl, m, ost[nbatch], ""), "");
-    LLVMValueRef A = kc_ptr(&k, p->a), B = kc_ptr(&k, p->b), O = kc_ptr(&k, ep.final);
+    m = mm_row(&k, r, Md, ot, nbatch, p->a_vec, a_m, a_bst, b_bst, ost, &aoff, &boff, &ooff, bidx);
     /* output index of element (m, n) for the epilogue: batch ids, m, n */
     LLVMValueRef eidx[KILN_MAX_RANK];
     for (int d = 0; d < nbatch; d++)
@@ -415,15 +454,11 @@ static int lower_mm(cg *c, int ni, const mm *p)
     int m_axis = nbatch, n_axis = orank - 1;
     LLVMValueRef on_st = p->b_vec ? kc_i64(&k, 0) : ost[orank - 1];
     ctype ct = ot->dtype == KILN_F64 ? CT_F64 : kiln_dtype_get(ot->dtype)->is_float ? CT_F32 : CT_I64;
-    int fast = at->dtype == KILN_F32 && bt->dtype == KILN_F32 && ot->dtype == KILN_F32 && !p->tb && !p->b_vec &&
-               p->cbias < 0 && p->alpha == 1.0;
     if (fast) {
-        /* full MR-row tiles: register-blocked micro-kernel over NR-wide column
-         * panels, scalar dot products for the last columns; a partial row
-         * tile (the last one) takes the row-by-row axpy path */
-        /* AVX-512: 8 x 48 tiles (24 of the 32 vector registers hold C); a
-         * 16-column pass takes what is left of N before the scalar columns */
-        int W = c->vw ? c->vw : 8, MR = W == 16 ? 8 : 6, NV = W == 16 ? 3 : 2, NR = NV * W;
+        /* full MR-row tiles: the NR-wide panels are done above; here a
+         * W-wide pass over what is left of N, scalar dot products for the
+         * last columns, and the epilogue; a partial row tile (the last one)
+         * takes the row-by-row axpy path */
         LLVMValueRef m_in_tile = LLVMBuildSRem(bl, m, kc_i64(&k, MR), "");
         LLVMValueRef full = LLVMBuildAnd(bl, LLVMBuildICmp(bl, LLVMIntEQ, m_in_tile, kc_i64(&k, 0), ""),
                                          LLVMBuildICmp(bl, LLVMIntSLE, LLVMBuildAdd(bl, m, kc_i64(&k, MR), ""), Md, ""), "");
@@ -431,12 +466,6 @@ static int lower_mm(cg *c, int ni, const mm *p)
         kc_if f1;
         kc_if_begin(&k, &f1, full);
         {
-            LLVMValueRef nfull = LLVMBuildMul(bl, LLVMBuildSDiv(bl, Nd, kc_i64(&k, NR), ""), kc_i64(&k, NR), "");
-            kc_loop lt;
-            LLVMValueRef t = kc_for(&k, &lt, kc_i64(&k, 0), LLVMBuildSDiv(bl, nfull, kc_i64(&k, NR), ""), "ntile");
-            kc_micro_tile(&k, MR, NV, W, A, aoff, a_m, a_k, B, boff, b_k, O, ooff, ost[orank - 1 - 1 + (p->a_vec ? 1 : 0)],
-                       LLVMBuildMul(bl, t, kc_i64(&k, NR), ""), Kd);
-            kc_for_end(&k, &lt);
             if (NV > 1) {
                 LLVMValueRef n1 = LLVMBuildMul(bl, LLVMBuildSDiv(bl, Nd, kc_i64(&k, W), ""), kc_i64(&k, W), "");
                 kc_loop lt1;

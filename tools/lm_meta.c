@@ -114,12 +114,13 @@ int kiln_cli_lm_meta(const char *model_path, kiln_graph *g, kiln_build_opts *o, 
     o->meta.kv.head_dim = head_dim;
     o->meta.kv.max_ctx = max_ctx;
     o->meta.kv.max_batch = 1;
-    if (o->meta.kv.kind == KILN_KV_FUNCTIONAL && kv_dtype != KILN_DT_INVALID && kv_dtype != KILN_F32)
-        return kiln_errf(err, "the functional KV layout keeps the graph's f32 cache; --kv-dtype needs the in-place layout");
-    if (kv_dtype == KILN_DT_INVALID) { /* the KV layout pass decides */
-        if (kiln_kv_choose(&o->meta.kv, KILN_F32, kv_budget, err))
-            return -1;
+    /* on failure the role table goes back: only a build consumes it */
+    if (o->meta.kv.kind == KILN_KV_FUNCTIONAL && kv_dtype != KILN_DT_INVALID && kv_dtype != KILN_F32) {
+        kiln_errf(err, "the functional KV layout keeps the graph's f32 cache; --kv-dtype needs the in-place layout");
+        goto fail;
     }
+    if (kv_dtype == KILN_DT_INVALID && kiln_kv_choose(&o->meta.kv, KILN_F32, kv_budget, err)) /* the KV layout pass decides */
+        goto fail;
     if (o->verbose)
         fprintf(stderr, "kiln: KV cache: %s, %d layers x %d heads x %lld positions x %d = %lld bytes per slot\n",
                 kiln_dtype_name(o->meta.kv.dtype), n_layers, kv_heads, (long long)max_ctx, head_dim,
@@ -139,4 +140,8 @@ int kiln_cli_lm_meta(const char *model_path, kiln_graph *g, kiln_build_opts *o, 
         fprintf(stderr, "kiln build: note: no tokenizer embedded (%s); the model will take token ids\n", e2.msg);
     }
     return 1;
+fail:
+    free(io);
+    o->meta.io = NULL;
+    return -1;
 }

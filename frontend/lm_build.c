@@ -22,48 +22,6 @@ typedef struct builder {
     int cos, sin;
 } builder;
 
-/* ---- attributes ---- */
-
-static kiln_attr a_int(const char *name, int64_t v)
-{
-    kiln_attr a;
-    memset(&a, 0, sizeof a);
-    a.name = (char *)name;
-    a.kind = KILN_ATTR_INT;
-    a.i = v;
-    return a;
-}
-
-static kiln_attr a_float(const char *name, double v)
-{
-    kiln_attr a;
-    memset(&a, 0, sizeof a);
-    a.name = (char *)name;
-    a.kind = KILN_ATTR_FLOAT;
-    a.f = v;
-    return a;
-}
-
-static kiln_attr a_str(const char *name, const char *s)
-{
-    kiln_attr a;
-    memset(&a, 0, sizeof a);
-    a.name = (char *)name;
-    a.kind = KILN_ATTR_STRING;
-    a.s = (char *)s;
-    return a;
-}
-
-static kiln_attr a_dtype(const char *name, kiln_dtype dt)
-{
-    kiln_attr a;
-    memset(&a, 0, sizeof a);
-    a.name = (char *)name;
-    a.kind = KILN_ATTR_DTYPE;
-    a.i = dt;
-    return a;
-}
-
 /* ---- nodes ---- */
 
 /* Adds a node; returns the id of output 0 (all outputs in outs[] when
@@ -185,7 +143,7 @@ static int as_f32(builder *b, int v)
 {
     if (v < 0 || b->g->values[v].type.dtype == KILN_F32)
         return v;
-    kiln_attr at[] = {a_dtype("to", KILN_F32)};
+    kiln_attr at[] = {kiln_attr_dtype("to", KILN_F32)};
     return OPA(b, "Cast", NULL, at, v);
 }
 
@@ -221,7 +179,7 @@ static int norm(builder *b, const char *out, int x, const char *prefix)
         if (w < 0)
             return -1;
     }
-    kiln_attr at[] = {a_float("epsilon", b->c->norm_eps)};
+    kiln_attr at[] = {kiln_attr_float("epsilon", b->c->norm_eps)};
     if (!b->c->norm_layer)
         return OPA(b, "RMSNormalization", out, at, x, w);
     snprintf(name, sizeof name, "%s.bias", prefix);
@@ -237,7 +195,7 @@ static int activation(builder *b, int x)
     case KILN_LM_ACT_SILU: return OP(b, "Silu", NULL, x);
     case KILN_LM_ACT_RELU: return OP(b, "Relu", NULL, x);
     case KILN_LM_ACT_GELU_TANH: {
-        kiln_attr at[] = {a_str("approximate", "tanh")};
+        kiln_attr at[] = {kiln_attr_str("approximate", "tanh")};
         return OPA(b, "Gelu", NULL, at, x);
     }
     default: return OP(b, "Gelu", NULL, x);
@@ -253,8 +211,8 @@ static int activation(builder *b, int x)
  * do not carry symbolic contents. */
 static int positions(builder *b, int tokens, int past0)
 {
-    kiln_attr past_at[] = {a_int("start", 2), a_int("end", 3)};
-    kiln_attr seq_at[] = {a_int("start", 1), a_int("end", 2)};
+    kiln_attr past_at[] = {kiln_attr_int("start", 2), kiln_attr_int("end", 3)};
+    kiln_attr seq_at[] = {kiln_attr_int("start", 1), kiln_attr_int("end", 2)};
     int axes0 = const_i64(b, (const int64_t[]){0}, 1, 0);
     int zero = const_i64(b, (const int64_t[]){0}, 1, 1);
     int one = const_i64(b, (const int64_t[]){1}, 1, 1);
@@ -321,8 +279,8 @@ static int rope_caches(builder *b)
 
 static int rope(builder *b, const char *out, int x, int heads)
 {
-    kiln_attr at[] = {a_int("num_heads", heads), a_int("interleaved", b->c->interleaved),
-                      a_int("rotary_embedding_dim", b->rot == b->hd ? 0 : b->rot)};
+    kiln_attr at[] = {kiln_attr_int("num_heads", heads), kiln_attr_int("interleaved", b->c->interleaved),
+                      kiln_attr_int("rotary_embedding_dim", b->rot == b->hd ? 0 : b->rot)};
     return OPA(b, "RotaryEmbedding", out, at, x, b->cos, b->sin, b->pos_ids);
 }
 
@@ -338,13 +296,13 @@ static int attention(builder *b, int i, int q, int k, int v, int pk, int pv, int
     const char *names[3] = {yn, kn, vn};
     kiln_attr at[5];
     int na = 0;
-    at[na++] = a_int("num_heads", heads);
-    at[na++] = a_int("kv_num_heads", kv_heads);
-    at[na++] = a_int("causal", causal);
+    at[na++] = kiln_attr_int("num_heads", heads);
+    at[na++] = kiln_attr_int("kv_num_heads", kv_heads);
+    at[na++] = kiln_attr_int("causal", causal);
     if (b->c->attn_scale > 0)
-        at[na++] = a_float("scale", b->c->attn_scale);
+        at[na++] = kiln_attr_float("scale", b->c->attn_scale);
     if (b->c->window > 0)
-        at[na++] = a_int("window", b->c->window);
+        at[na++] = kiln_attr_int("window", b->c->window);
     int in[6] = {q, k, v, pk, pv, bias};
     int n_in = bias >= 0 ? 6 : (pk >= 0 ? 5 : 3);
     return op_n(b, "GQAttention", in, n_in, at, na, names, 3, NULL);
@@ -395,8 +353,8 @@ static int moe(builder *b, int i, int x)
             }
     }
     static const char *acts[] = {"silu", "gelu", "gelu_tanh", "relu"};
-    kiln_attr at[] = {a_int("top_k", c->n_expert_used), a_int("normalize", c->moe_norm),
-                      a_str("activation", acts[c->act])};
+    kiln_attr at[] = {kiln_attr_int("top_k", c->n_expert_used), kiln_attr_int("normalize", c->moe_norm),
+                      kiln_attr_str("activation", acts[c->act])};
     return op(b, "SparseMoE", NULL, in, n_in, at, 3);
 }
 
@@ -455,7 +413,7 @@ static int proj(builder *b, int i, const char *what, int x, int64_t n, int64_t k
 static int lm_head(builder *b, int h)
 {
     const kiln_lm_config *c = b->c;
-    kiln_attr at[] = {a_int("axis", 1)};
+    kiln_attr at[] = {kiln_attr_int("axis", 1)};
     int minus1 = const_i64(b, (const int64_t[]){-1}, 1, 1);
     int last = minus1 < 0 ? -1 : OPA(b, "Gather", "last_hidden", at, h, minus1);
     int x = last < 0 ? -1 : norm(b, "final_norm", last, "output_norm");
@@ -477,7 +435,7 @@ static int embed(builder *b, int tokens)
     int tab = weight2(b, "token_embd.weight", 1, c->vocab, c->dim);
     if (tab < 0)
         return -1;
-    kiln_attr at[] = {a_int("axis", 0)};
+    kiln_attr at[] = {kiln_attr_int("axis", 0)};
     int h = as_f32(b, OPA(b, "Gather", "embed", at, tab, tokens));
     if (h >= 0 && c->embed_scale > 0) {
         int s = const_f32(b, (float)c->embed_scale);
@@ -532,7 +490,7 @@ static int decoder(builder *b)
     int64_t D = c->dim, Q = (int64_t)c->n_head * b->hd, KV = (int64_t)kvh * b->hd;
     if (c->kind == KILN_LM_GPT2) {
         int pe = weight2(b, "position_embd.weight", 1, -1, D);
-        kiln_attr at[] = {a_int("axis", 0)};
+        kiln_attr at[] = {kiln_attr_int("axis", 0)};
         int pos = pe < 0 ? -1 : as_f32(b, OPA(b, "Gather", "pos_embed", at, pe, b->pos_ids));
         h = pos < 0 ? -1 : OP(b, "Add", NULL, h, pos);
         if (h < 0)
@@ -555,7 +513,7 @@ static int decoder(builder *b)
             int split = qkv < 0 ? -1 : const_i64(b, (const int64_t[]){D, D, D}, 3, 0);
             if (split < 0)
                 goto out;
-            kiln_attr at[] = {a_int("axis", -1)};
+            kiln_attr at[] = {kiln_attr_int("axis", -1)};
             const char *names[3] = {qn, kn, vn};
             int parts[3];
             if (op_n(b, "Split", (const int[]){qkv, split}, 2, at, 1, names, 3, parts) < 0)
@@ -635,7 +593,7 @@ static int encoder(builder *b)
     if (mask < 0)
         return -1;
     int types = -2;
-    kiln_attr ax0[] = {a_int("axis", 0)};
+    kiln_attr ax0[] = {kiln_attr_int("axis", 0)};
     int type_tab = c->type_vocab > 0 ? weight2(b, "token_types.weight", 0, c->type_vocab, D) : -2;
     if (type_tab == -1)
         return -1;
@@ -648,7 +606,7 @@ static int encoder(builder *b)
     if (h < 0)
         return -1;
     /* absolute positions 0..seq-1 */
-    kiln_attr seq_at[] = {a_int("start", 1), a_int("end", 2)};
+    kiln_attr seq_at[] = {kiln_attr_int("start", 1), kiln_attr_int("end", 2)};
     int zero = const_i64(b, (const int64_t[]){0}, 1, 1);
     int one = const_i64(b, (const int64_t[]){1}, 1, 1);
     int axes0 = const_i64(b, (const int64_t[]){0}, 1, 0);
@@ -671,7 +629,7 @@ static int encoder(builder *b)
     h = norm(b, "embed_norm", h, "token_embd_norm");
     /* additive mask: 0 where attended, the most negative float elsewhere
      * (as transformers does), shaped [batch, 1, 1, seq] */
-    kiln_attr cast_at[] = {a_dtype("to", KILN_F32)};
+    kiln_attr cast_at[] = {kiln_attr_dtype("to", KILN_F32)};
     int mf = h < 0 ? -1 : OPA(b, "Cast", "mask_f32", cast_at, mask);
     int onef = mf < 0 ? -1 : const_f32(b, 1.0f);
     int negf = onef < 0 ? -1 : const_f32(b, -3.4028234663852886e+38f);
@@ -707,7 +665,7 @@ static int encoder(builder *b)
     int me = axes2 < 0 ? -1 : OP(b, "Unsqueeze", NULL, mf, axes2);
     int hm = me < 0 ? -1 : OP(b, "Mul", NULL, out, me);
     int axes1 = hm < 0 ? -1 : const_i64(b, (const int64_t[]){1}, 1, 0);
-    kiln_attr red_at[] = {a_int("keepdims", 0)};
+    kiln_attr red_at[] = {kiln_attr_int("keepdims", 0)};
     int sum = axes1 < 0 ? -1 : OPA(b, "ReduceSum", NULL, red_at, hm, axes1);
     int cnt = sum < 0 ? -1 : OPA(b, "ReduceSum", NULL, red_at, me, axes1);
     int eps = cnt < 0 ? -1 : const_f32(b, 1e-9f);

@@ -125,6 +125,51 @@ void kiln_attr_clear(kiln_attr *a)
     memset(a, 0, sizeof *a);
 }
 
+static kiln_attr attr_view(const char *name, kiln_attr_kind kind)
+{
+    kiln_attr a;
+    memset(&a, 0, sizeof a);
+    a.name = (char *)name;
+    a.kind = kind;
+    return a;
+}
+
+kiln_attr kiln_attr_int(const char *name, int64_t v)
+{
+    kiln_attr a = attr_view(name, KILN_ATTR_INT);
+    a.i = v;
+    return a;
+}
+
+kiln_attr kiln_attr_float(const char *name, double v)
+{
+    kiln_attr a = attr_view(name, KILN_ATTR_FLOAT);
+    a.f = v;
+    return a;
+}
+
+kiln_attr kiln_attr_ints(const char *name, int64_t *v, int n)
+{
+    kiln_attr a = attr_view(name, KILN_ATTR_INTS);
+    a.ints = v;
+    a.n = n;
+    return a;
+}
+
+kiln_attr kiln_attr_str(const char *name, const char *s)
+{
+    kiln_attr a = attr_view(name, KILN_ATTR_STRING);
+    a.s = (char *)s;
+    return a;
+}
+
+kiln_attr kiln_attr_dtype(const char *name, kiln_dtype dt)
+{
+    kiln_attr a = attr_view(name, KILN_ATTR_DTYPE);
+    a.i = dt;
+    return a;
+}
+
 void kiln_attr_copy(kiln_attr *dst, const kiln_attr *src)
 {
     memset(dst, 0, sizeof *dst);
@@ -439,6 +484,43 @@ int kiln_graph_value_tensor(kiln_graph *g, int vid, kiln_tensor *t, kiln_err *er
     t->nbytes = v->nbytes;
     t->owned = 0;
     return 0;
+}
+
+int kiln_graph_const_ints(kiln_graph *g, int vid, int64_t *v, int max)
+{
+    if (vid < 0 || (g->values[vid].kind != KILN_VAL_CONST && g->values[vid].kind != KILN_VAL_WEIGHT))
+        return -1;
+    kiln_tensor t;
+    if (kiln_graph_value_tensor(g, vid, &t, NULL))
+        return -1;
+    int64_t cnt = kiln_tensor_numel(&t);
+    if (cnt > max)
+        return -1;
+    for (int64_t q = 0; q < cnt; q++)
+        v[q] = kiln_tensor_get_i64(&t, q);
+    return (int)cnt;
+}
+
+char *kiln_graph_live_nodes(const kiln_graph *g)
+{
+    char *live_v = kiln_xcalloc((size_t)g->n_values + 1, 1);
+    char *live_n = kiln_xcalloc((size_t)g->n_nodes + 1, 1);
+    for (int i = 0; i < g->n_outputs; i++)
+        live_v[g->outputs[i]] = 1;
+    for (int ni = g->n_nodes - 1; ni >= 0; ni--) {
+        const kiln_node *n = &g->nodes[ni];
+        int live = (n->op->flags & KILN_OP_STATEFUL) != 0;
+        for (int k = 0; k < n->n_outputs; k++)
+            live |= live_v[n->outputs[k]];
+        if (!live)
+            continue;
+        live_n[ni] = 1;
+        for (int k = 0; k < n->n_inputs; k++)
+            if (n->inputs[k] >= 0)
+                live_v[n->inputs[k]] = 1;
+    }
+    free(live_v);
+    return live_n;
 }
 
 const char *kiln_node_label(const kiln_graph *g, const kiln_node *n, char *buf, size_t len)

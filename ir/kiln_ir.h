@@ -144,6 +144,13 @@ typedef struct kiln_attr_spec {
 
 void kiln_attr_clear(kiln_attr *a);
 void kiln_attr_copy(kiln_attr *dst, const kiln_attr *src);
+/* Attribute views for kiln_graph_add_node (which copies them): the name,
+ * string and list are borrowed, not owned. */
+kiln_attr kiln_attr_int(const char *name, int64_t v);
+kiln_attr kiln_attr_float(const char *name, double v);
+kiln_attr kiln_attr_ints(const char *name, int64_t *v, int n);
+kiln_attr kiln_attr_str(const char *name, const char *s);
+kiln_attr kiln_attr_dtype(const char *name, kiln_dtype dt);
 
 /* ---- graph ------------------------------------------------------------------------ */
 
@@ -240,6 +247,12 @@ void kiln_graph_set_outputs(kiln_graph *g, const int *ids, int n);
 const void *kiln_graph_value_data(kiln_graph *g, int vid, kiln_err *err);
 /* Tensor view of a WEIGHT/CONST with static shape (data not owned). */
 int kiln_graph_value_tensor(kiln_graph *g, int vid, kiln_tensor *t, kiln_err *err);
+/* Integer contents of value vid when it is a CONST/WEIGHT of at most max
+ * elements: their count, else -1. */
+int kiln_graph_const_ints(kiln_graph *g, int vid, int64_t *v, int max);
+/* Per node: 1 when one of its outputs reaches a graph output (or the op is
+ * stateful). Caller frees. */
+char *kiln_graph_live_nodes(const kiln_graph *g);
 
 /* Attribute lookup on a node, falling back to the op's schema default. */
 const kiln_attr *kiln_node_attr(const kiln_node *n, const char *name);

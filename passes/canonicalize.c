@@ -377,35 +377,12 @@ static int copy_with_cse(canon *c, int ni, const int *ins, kiln_err *err)
     return 0;
 }
 
-/* Marks nodes whose outputs reach a graph output. */
-static char *live_nodes(const kiln_graph *g)
-{
-    char *live_v = kiln_xcalloc((size_t)g->n_values + 1, 1);
-    char *live_n = kiln_xcalloc((size_t)g->n_nodes + 1, 1);
-    for (int i = 0; i < g->n_outputs; i++)
-        live_v[g->outputs[i]] = 1;
-    for (int ni = g->n_nodes - 1; ni >= 0; ni--) {
-        const kiln_node *n = &g->nodes[ni];
-        int live = (n->op->flags & KILN_OP_STATEFUL) != 0;
-        for (int k = 0; k < n->n_outputs; k++)
-            live |= live_v[n->outputs[k]];
-        if (!live)
-            continue;
-        live_n[ni] = 1;
-        for (int k = 0; k < n->n_inputs; k++)
-            if (n->inputs[k] >= 0)
-                live_v[n->inputs[k]] = 1;
-    }
-    free(live_v);
-    return live_n;
-}
-
 static int canon_once(kiln_graph **gp, int *changed, kiln_err *err)
 {
     canon c;
     memset(&c, 0, sizeof c);
     kiln_graph *g = *gp;
-    char *live = live_nodes(g);
+    char *live = kiln_graph_live_nodes(g);
     int *uses = kiln_use_counts(g);
     kiln_rw_begin(&c.rw, g);
     int rc = -1;

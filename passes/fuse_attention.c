@@ -623,7 +623,7 @@ static int reshape3(kiln_fuse *f, int dst_vid, const kiln_node *origin)
 static int transpose_heads(kiln_fuse *f, int dst_vid, const kiln_node *origin)
 {
     int64_t perm[4] = {0, 2, 1, 3};
-    kiln_attr a = kiln_fuse_attr_ints("perm", perm, 4);
+    kiln_attr a = kiln_attr_ints("perm", perm, 4);
     return dst_vid < 0 ? -1 : kiln_fuse_add1(f, "Transpose", origin, &dst_vid, 1, &a, 1, -1);
 }
 
@@ -639,9 +639,9 @@ static int heads_to3d(kiln_fuse *f, heads h, int64_t nh, const kiln_node *origin
             int x3 = heads_to3d(f, (heads){n->inputs[0], 0}, nh, origin, depth + 1);
             if (x3 < 0)
                 return -1;
-            kiln_attr at[3] = {kiln_fuse_attr_int("interleaved", kiln_node_int(n, "interleaved")),
-                               kiln_fuse_attr_int("rotary_embedding_dim", kiln_node_int(n, "rotary_embedding_dim")),
-                               kiln_fuse_attr_int("num_heads", nh)};
+            kiln_attr at[3] = {kiln_attr_int("interleaved", kiln_node_int(n, "interleaved")),
+                               kiln_attr_int("rotary_embedding_dim", kiln_node_int(n, "rotary_embedding_dim")),
+                               kiln_attr_int("num_heads", nh)};
             int ins[4] = {x3, kiln_fuse_in(f, n->inputs[1]), kiln_fuse_in(f, n->inputs[2]),
                           n->n_inputs > 3 && n->inputs[3] >= 0 ? kiln_fuse_in(f, n->inputs[3]) : -1};
             return kiln_fuse_add1(f, "RotaryEmbedding", n, ins, 4, at, 3, -1);
@@ -712,8 +712,8 @@ static int emit_gqa(kiln_fuse *f, attn_plan *pl, const kiln_node *root)
                   pl->v_past >= 0 ? kiln_fuse_in(f, pl->v_past) : -1, bias};
     if (ins[0] < 0 || ins[1] < 0 || ins[2] < 0)
         return 0;
-    kiln_attr at[4] = {kiln_fuse_attr_int("num_heads", pl->H), kiln_fuse_attr_int("kv_num_heads", pl->KVH),
-                       kiln_fuse_attr_float("scale", pl->scale), kiln_fuse_attr_int("causal", causal)};
+    kiln_attr at[4] = {kiln_attr_int("num_heads", pl->H), kiln_attr_int("kv_num_heads", pl->KVH),
+                       kiln_attr_float("scale", pl->scale), kiln_attr_int("causal", causal)};
     int y_src = pl->merge_r->outputs[0];
     int names[3] = {y_src, pl->k_all, pl->v_all}, outs[3];
     int nout = pl->k_all >= 0 ? 3 : 1;
@@ -742,7 +742,7 @@ static int emit_onnx(kiln_fuse *f, attn_plan *pl, const kiln_node *root)
                   pl->v_past >= 0 ? kiln_fuse_in(f, pl->v_past) : -1};
     if (ins[0] < 0 || ins[1] < 0 || ins[2] < 0)
         return 0;
-    kiln_attr at[2] = {kiln_fuse_attr_float("scale", pl->scale), kiln_fuse_attr_int("is_causal", causal)};
+    kiln_attr at[2] = {kiln_attr_float("scale", pl->scale), kiln_attr_int("is_causal", causal)};
     int y_src = root->outputs[0];
     int names[3] = {y_src, pl->k_all, pl->v_all}, outs[3];
     int nout = pl->k_all >= 0 ? 3 : 1;

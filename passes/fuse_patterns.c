@@ -367,47 +367,6 @@ void kiln_fuse_map(kiln_fuse *f, int src_vid, int dst_vid)
     f->changed = 1;
 }
 
-kiln_attr kiln_fuse_attr_int(const char *name, int64_t v)
-{
-    kiln_attr a;
-    memset(&a, 0, sizeof a);
-    a.name = (char *)name;
-    a.kind = KILN_ATTR_INT;
-    a.i = v;
-    return a;
-}
-
-kiln_attr kiln_fuse_attr_float(const char *name, double v)
-{
-    kiln_attr a;
-    memset(&a, 0, sizeof a);
-    a.name = (char *)name;
-    a.kind = KILN_ATTR_FLOAT;
-    a.f = v;
-    return a;
-}
-
-kiln_attr kiln_fuse_attr_ints(const char *name, int64_t *v, int n)
-{
-    kiln_attr a;
-    memset(&a, 0, sizeof a);
-    a.name = (char *)name;
-    a.kind = KILN_ATTR_INTS;
-    a.ints = v;
-    a.n = n;
-    return a;
-}
-
-kiln_attr kiln_fuse_attr_str(const char *name, const char *s)
-{
-    kiln_attr a;
-    memset(&a, 0, sizeof a);
-    a.name = (char *)name;
-    a.kind = KILN_ATTR_STRING;
-    a.s = (char *)s;
-    return a;
-}
-
 /* Replaces source value `out` (the root's output) with dst value y when
  * the types agree; 1 on success. */
 static int finish(kiln_fuse *f, int out, int y)
@@ -694,7 +653,7 @@ static int fuse_norm(kiln_fuse *f, int ni)
         ins[1] = kiln_fuse_const_fill(f, xt->dtype, 0, NULL, 1.0);
     if (pl.beta >= 0)
         ins[2] = kiln_fuse_in(f, pl.beta);
-    kiln_attr at[2] = {kiln_fuse_attr_int("axis", pl.axis), kiln_fuse_attr_float("epsilon", pl.eps)};
+    kiln_attr at[2] = {kiln_attr_int("axis", pl.axis), kiln_attr_float("epsilon", pl.eps)};
     int y = kiln_fuse_add1(f, pl.rms ? "RMSNormalization" : "LayerNormalization", r, ins,
                            pl.beta >= 0 ? 3 : 2, at, 2, out);
     return finish(f, out, y);
@@ -738,7 +697,7 @@ static int fuse_softmax(kiln_fuse *f, int ni)
     }
     if (!kiln_fuse_pat_closed(f, &p, ni))
         return 0;
-    kiln_attr at = kiln_fuse_attr_int("axis", axes[0]);
+    kiln_attr at = kiln_attr_int("axis", axes[0]);
     int in = kiln_fuse_in(f, x), out = r->outputs[0];
     return finish(f, out, kiln_fuse_add1(f, "Softmax", r, &in, 1, &at, 1, out));
 }
@@ -958,9 +917,9 @@ static int fuse_act(kiln_fuse *f, int ni)
         kiln_attr at[1];
         int na = 0;
         if (approx)
-            at[na++] = kiln_fuse_attr_str("approximate", approx);
+            at[na++] = kiln_attr_str("approximate", approx);
         else if (!strcmp(op, "QuickGelu"))
-            at[na++] = kiln_fuse_attr_float("alpha", alpha);
+            at[na++] = kiln_attr_float("alpha", alpha);
         int in = kiln_fuse_in(f, x);
         return finish(f, out, kiln_fuse_add1(f, op, r, &in, 1, at, na, out));
     }
@@ -1135,7 +1094,7 @@ static int fuse_proj(kiln_fuse *f, int ni)
     int sins[2] = {y, sz}, outs[PROJ_MAX], names[PROJ_MAX];
     for (int i = 0; i < n; i++)
         names[i] = f->g->nodes[mem[i]].outputs[0];
-    kiln_attr at = kiln_fuse_attr_int("axis", -1);
+    kiln_attr at = kiln_attr_int("axis", -1);
     if (kiln_fuse_add(f, "Split", r, sins, 2, &at, 1, names, n, outs))
         return 0;
     for (int i = 0; i < n; i++)
@@ -1150,35 +1109,13 @@ static int fuse_proj(kiln_fuse *f, int ni)
 
 /* ---- driver ----------------------------------------------------------------------- */
 
-static char *live_nodes(const kiln_graph *g)
-{
-    char *live_v = kiln_xcalloc((size_t)g->n_values + 1, 1);
-    char *live_n = kiln_xcalloc((size_t)g->n_nodes + 1, 1);
-    for (int i = 0; i < g->n_outputs; i++)
-        live_v[g->outputs[i]] = 1;
-    for (int ni = g->n_nodes - 1; ni >= 0; ni--) {
-        const kiln_node *n = &g->nodes[ni];
-        int live = (n->op->flags & KILN_OP_STATEFUL) != 0;
-        for (int k = 0; k < n->n_outputs; k++)
-            live |= live_v[n->outputs[k]];
-        if (!live)
-            continue;
-        live_n[ni] = 1;
-        for (int k = 0; k < n->n_inputs; k++)
-            if (n->inputs[k] >= 0)
-                live_v[n->inputs[k]] = 1;
-    }
-    free(live_v);
-    return live_n;
-}
-
 /* Drops dead nodes, and gives the graph outputs back the names they had
  * when the pass started (a fused op replacing an output, e.g. a present KV
  * cache, may have been named afresh while the dead original held the name). */
 static int dce(kiln_graph **gp, char **out_names, kiln_err *err)
 {
     kiln_graph *g = *gp;
-    char *live = live_nodes(g);
+    char *live = kiln_graph_live_nodes(g);
     kiln_strmap reserved = {0};
     for (int i = 0; i < g->n_outputs; i++)
         kiln_strmap_put(&reserved, out_names[i], i);

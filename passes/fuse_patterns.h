@@ -97,10 +97,6 @@ int kiln_fuse_type_ok(kiln_fuse *f, int src_vid, int dst_vid);
 void kiln_fuse_map(kiln_fuse *f, int src_vid, int dst_vid);
 
 /* Attribute values for kiln_fuse_add; names and strings must outlive the call. */
-kiln_attr kiln_fuse_attr_int(const char *name, int64_t v);
-kiln_attr kiln_fuse_attr_float(const char *name, double v);
-kiln_attr kiln_fuse_attr_ints(const char *name, int64_t *v, int n);
-kiln_attr kiln_fuse_attr_str(const char *name, const char *s);
 
 /* ---- matchers: 1 replaced, 0 no match ---- */
 

@@ -318,7 +318,7 @@ int kiln_fuse_rope(kiln_fuse *f, int ni)
             int sc = cc < 0 ? -1 : rope_cache(f, sn, xt, inter, r, &spos);
             if (sc < 0 || cpos != spos)
                 continue;
-            kiln_attr at = kiln_fuse_attr_int("interleaved", inter);
+            kiln_attr at = kiln_attr_int("interleaved", inter);
             int ins[4] = {kiln_fuse_in(f, x), cc, sc, cpos >= 0 ? kiln_fuse_in(f, cpos) : -1};
             int y = kiln_fuse_add1(f, "RotaryEmbedding", r, ins, 4, &at, 1, out);
             if (y >= 0 && kiln_fuse_type_ok(f, out, y)) {
@@ -353,8 +353,8 @@ int kiln_fuse_rope_partial(kiln_fuse *f, int ni)
     kiln_fuse_pat_add(&p, f, kiln_fuse_def(f, r->inputs[1], NULL));
     if (!kiln_fuse_pat_closed(f, &p, ni))
         return 0;
-    kiln_attr at[2] = {kiln_fuse_attr_int("interleaved", kiln_node_int(re, "interleaved")),
-                       kiln_fuse_attr_int("rotary_embedding_dim", e)};
+    kiln_attr at[2] = {kiln_attr_int("interleaved", kiln_node_int(re, "interleaved")),
+                       kiln_attr_int("rotary_embedding_dim", e)};
     int ins[4] = {kiln_fuse_in(f, x), kiln_fuse_in(f, re->inputs[1]), kiln_fuse_in(f, re->inputs[2]),
                   re->n_inputs > 3 && re->inputs[3] >= 0 ? kiln_fuse_in(f, re->inputs[3]) : -1};
     int out = r->outputs[0], y = kiln_fuse_add1(f, "RotaryEmbedding", r, ins, 4, at, 2, out);

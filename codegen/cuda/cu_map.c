@@ -222,20 +222,7 @@ unknown:
 /* Integer contents of a node input known at compile time; -1 if not. */
 static int const_ints(cu *c, const kiln_node *n, int i, int64_t *v, int max)
 {
-    if (i >= n->n_inputs || n->inputs[i] < 0)
-        return -1;
-    const kiln_value *val = &c->g->values[n->inputs[i]];
-    if (val->kind != KILN_VAL_CONST && val->kind != KILN_VAL_WEIGHT)
-        return -1;
-    kiln_tensor t;
-    if (kiln_graph_value_tensor(c->g, n->inputs[i], &t, NULL))
-        return -1;
-    int64_t cnt = kiln_tensor_numel(&t);
-    if (cnt > max)
-        return -1;
-    for (int64_t q = 0; q < cnt; q++)
-        v[q] = kiln_tensor_get_i64(&t, q);
-    return (int)cnt;
+    return i < n->n_inputs ? kiln_graph_const_ints(c->g, n->inputs[i], v, max) : -1;
 }
 
 /* Σ idx[d]·stride(t, d) over t's dims (row-major, contiguous). */

@@ -330,6 +330,21 @@ static const char *kv_rounded(ck *k, kiln_dtype dt, const char *v)
     return v;
 }
 
+/* Emits `float out` = element d of the new key row of token (bb, ss) (S
+ * new tokens per sequence) for KV head h, roped when the rope is fused;
+ * the arguments name kernel variables. */
+static void new_key_elem(ck *k, const attn *a, const char *bb, const char *ss, const char *S, const char *h, const char *d,
+                         const char *out)
+{
+    ck_line(k, "const i64 ksrc = ((%s * %s + %s) * %lldLL + %s) * %lldLL;", bb, S, ss, (long long)a->Hkv, h, (long long)a->D);
+    if (a->rk.x >= 0) {
+        ck_line(k, "const i64 krow = %s;", rope_row(k, &a->rk, bb, ss, S));
+        rope_elem(k, &a->rk, "ksrc", d, "krow", out);
+    } else {
+        ck_line(k, "const float %s = %s;", out, ck_load_as(k, a->k, ck_s(k, "ksrc + %s", d), "float"));
+    }
+}
+
 static int lower_kv_append(cu *c, int ni, const attn *a, int cond)
 {
     int64_t wide = a->Hkv * (a->D > a->Dv ? a->D : a->Dv);
@@ -339,15 +354,9 @@ static int lower_kv_append(cu *c, int ni, const attn *a, int cond)
     ck_line(&k, "const i64 Hk = %lldLL, D = %lldLL, Dv = %lldLL, CTX = %lldLL;", (long long)a->Hkv, (long long)a->D,
             (long long)a->Dv, (long long)a->kv_ctx);
     ck_line(&k, "const i64 e = (i64)blockIdx.y * blockDim.x + threadIdx.x;");
-    if (a->rk.x >= 0)
-        ck_line(&k, "const i64 row = %s;", rope_row(&k, &a->rk, "bb", "ss", "S"));
     ck_line(&k, "if (e < Hk * D) {");
-    ck_line(&k, "  const i64 h = e / D, d = e %% D, src = (t * Hk + h) * D;");
-    if (a->rk.x >= 0) {
-        rope_elem(&k, &a->rk, "src", "d", "row", "kv");
-    } else {
-        ck_line(&k, "  const float kv = %s;", ck_load_as(&k, a->k, "src + d", "float"));
-    }
+    ck_line(&k, "  const i64 h = e / D, d = e %% D;");
+    new_key_elem(&k, a, "bb", "ss", "S", "h", "d", "kv");
     ck_store_dt(&k, a->present_k, a->kv_dtype, "((bb * Hk + h) * CTX + P + ss) * D + d", "kv", "float");
     ck_line(&k, "}");
     ck_line(&k, "if (e < Hk * Dv) {");
@@ -451,13 +460,8 @@ static int lower_attn_core(cu *c, int ni, const attn *a, int decode, int fold, i
     if (fold) {
         ck_line(&k, "if (split == 0 && i == 0) {");
         ck_line(&k, "  for (int e = threadIdx.x; e < Skv * D; e += blockDim.x) {");
-        ck_line(&k, "    const i64 ss = e / D, d = e %% D, src = ((bb * Skv + ss) * Hk + g) * D;");
-        if (a->rk.x >= 0) {
-            ck_line(&k, "    const i64 row = %s;", rope_row(&k, &a->rk, "bb", "ss", "Skv"));
-            rope_elem(&k, &a->rk, "src", "d", "row", "kv");
-        } else {
-            ck_line(&k, "    const float kv = %s;", ck_load_as(&k, a->k, "src + d", "float"));
-        }
+        ck_line(&k, "    const i64 ss = e / D, d = e %% D;");
+        new_key_elem(&k, a, "bb", "ss", "Skv", "g", "d", "kv");
         ck_store_dt(&k, a->present_k, a->kv_dtype, ck_s(&k, "((bb * Hk + g) * %lldLL + P + ss) * D + d", (long long)a->kv_ctx), "kv",
                     "float");
         ck_line(&k, "  }");
@@ -510,13 +514,8 @@ static int lower_attn_core(cu *c, int ni, const attn *a, int decode, int fold, i
     if (fold) {
         ck_line(&k, "      if (j < P) kr[u][e] = %s;", ck_load_dt(&k, a->present_k, a->kv_dtype, "ko + d", "float"));
         ck_line(&k, "      else {");
-        ck_line(&k, "        const i64 ss = j - P, src = ((bb * Skv + ss) * Hk + g) * D;");
-        if (a->rk.x >= 0) {
-            ck_line(&k, "        const i64 row = %s;", rope_row(&k, &a->rk, "bb", "ss", "Skv"));
-            rope_elem(&k, &a->rk, "src", "d", "row", "kn");
-        } else {
-            ck_line(&k, "        const float kn = %s;", ck_load_as(&k, a->k, "src + d", "float"));
-        }
+        ck_line(&k, "        const i64 ss = j - P;");
+        new_key_elem(&k, a, "bb", "ss", "Skv", "g", "d", "kn");
         ck_line(&k, "        kr[u][e] = %s;", kv_rounded(&k, a->kv_dtype, "kn"));
         ck_line(&k, "      }");
     } else if (a->inplace) {

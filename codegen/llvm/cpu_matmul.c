@@ -366,6 +366,14 @@ static LLVMValueRef mm_row(kc *k, LLVMValueRef r, LLVMValueRef Md, const kiln_ty
     return m;
 }
 
+/* Row m starts a full tile of MR rows. */
+static LLVMValueRef mm_full_tile(kc *k, LLVMValueRef m, int MR, LLVMValueRef Md)
+{
+    LLVMBuilderRef bl = k->c->b;
+    return LLVMBuildAnd(bl, LLVMBuildICmp(bl, LLVMIntEQ, LLVMBuildSRem(bl, m, kc_i64(k, MR), ""), kc_i64(k, 0), ""),
+                        LLVMBuildICmp(bl, LLVMIntSLE, LLVMBuildAdd(bl, m, kc_i64(k, MR), ""), Md, ""), "");
+}
+
 /* out[batch..., m, n] = alpha * Σ_k A'[.., m, k] B'[.., k, n] + beta * C */
 static int lower_mm(cg *c, int ni, const mm *p)
 {
@@ -432,8 +440,7 @@ static int lower_mm(cg *c, int ni, const mm *p)
         LLVMValueRef t = kc_for(&k, &lt, kc_i64(&k, 0), LLVMBuildSDiv(bl, nfull, kc_i64(&k, NR), ""), "ntile");
         LLVMValueRef r0 = kc_for(&k, &lr0, k.begin, k.end, "trow0");
         m = mm_row(&k, r0, Md, ot, nbatch, p->a_vec, a_m, a_bst, b_bst, ost, &aoff, &boff, &ooff, bidx);
-        LLVMValueRef full0 = LLVMBuildAnd(bl, LLVMBuildICmp(bl, LLVMIntEQ, LLVMBuildSRem(bl, m, kc_i64(&k, MR), ""), kc_i64(&k, 0), ""),
-                                          LLVMBuildICmp(bl, LLVMIntSLE, LLVMBuildAdd(bl, m, kc_i64(&k, MR), ""), Md, ""), "");
+        LLVMValueRef full0 = mm_full_tile(&k, m, MR, Md);
         kc_if f0;
         kc_if_begin(&k, &f0, full0);
         kc_micro_tile(&k, MR, NV, W, A, aoff, a_m, a_k, B, boff, b_k, O, ooff, ost[orank - 1 - 1 + (p->a_vec ? 1 : 0)],
@@ -459,9 +466,7 @@ static int lower_mm(cg *c, int ni, const mm *p)
          * W-wide pass over what is left of N, scalar dot products for the
          * last columns, and the epilogue; a partial row tile (the last one)
          * takes the row-by-row axpy path */
-        LLVMValueRef m_in_tile = LLVMBuildSRem(bl, m, kc_i64(&k, MR), "");
-        LLVMValueRef full = LLVMBuildAnd(bl, LLVMBuildICmp(bl, LLVMIntEQ, m_in_tile, kc_i64(&k, 0), ""),
-                                         LLVMBuildICmp(bl, LLVMIntSLE, LLVMBuildAdd(bl, m, kc_i64(&k, MR), ""), Md, ""), "");
+        LLVMValueRef full = mm_full_tile(&k, m, MR, Md);
         LLVMValueRef tail_row = LLVMBuildICmp(bl, LLVMIntSGT, LLVMBuildMul(bl, LLVMBuildAdd(bl, LLVMBuildSDiv(bl, m, kc_i64(&k, MR), ""), kc_i64(&k, 1), ""), kc_i64(&k, MR), ""), Md, "");
         kc_if f1;
         kc_if_begin(&k, &f1, full);

@@ -401,7 +401,7 @@ static int lower_present(cu *c, int ni, const attn *a, int past, int cur, int ou
 
 /* Attention core. Grid: x = splits of the key range, y = KV head, z =
  * (batch, query). Each block loads the query rows of its GQA group once,
- * then its four warps walk the keys with an online softmax; partials of the
+ * then its ATT_WARPS warps walk the keys with an online softmax; partials of the
  * splits are combined by the last block to finish (a counter in scratch).
  * `decode`: launched for one query per batch row (cond: when that is not
  * static), with the key range split; else one block per query.
